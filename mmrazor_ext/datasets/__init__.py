@@ -1,0 +1,3 @@
+from .offline import CIFAR10, FashionMNIST, ImageNet, DatasetNotFoundError
+
+__all__ = ['CIFAR10', 'FashionMNIST', 'ImageNet', 'DatasetNotFoundError']

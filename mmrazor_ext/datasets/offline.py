@@ -1,0 +1,63 @@
+"""mmpretrain datasets that never download and fail clearly when missing.
+
+mmpretrain's MNIST-family datasets download by default and its error for a
+missing folder suggests ``download=True``; this project has no network at run
+time, so these subclasses check the files first and say how to obtain them.
+"""
+import os.path as osp
+
+from mmpretrain.datasets import CIFAR10 as _CIFAR10
+from mmpretrain.datasets import FashionMNIST as _FashionMNIST
+from mmpretrain.datasets import ImageNet as _ImageNet
+
+from mmrazor_ext.registry import DATASETS
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not where the config says."""
+
+
+def _require(paths, dataset: str, how: str) -> None:
+    missing = [p for p in paths if not osp.exists(p)]
+    if missing:
+        raise DatasetNotFoundError(
+            f'{dataset} dataset not found at {osp.dirname(missing[0]) or "."}'
+            f' (missing: {", ".join(osp.basename(p) for p in missing)}). '
+            f'{how} See README.md, section "Datasets".')
+
+
+@DATASETS.register_module()
+class FashionMNIST(_FashionMNIST):
+    """Fashion-MNIST from local IDX files (``make data`` prepares them)."""
+
+    def __init__(self, data_root: str = '', split: str = 'train', **kwargs):
+        kwargs['download'] = False
+        files = [f[0][:-3] for f in self.train_list + self.test_list]
+        _require([osp.join(data_root, f) for f in files], 'FashionMNIST',
+                 'Run `make data` (or python tools/dataset_converters/'
+                 'prepare_fashion_mnist.py).')
+        super().__init__(data_root=data_root, split=split, **kwargs)
+
+
+@DATASETS.register_module()
+class CIFAR10(_CIFAR10):
+    """CIFAR-10 from the python pickle batches under ``data_root``."""
+
+    def __init__(self, data_root: str = '', split: str = 'train', **kwargs):
+        kwargs['download'] = False
+        folder = osp.join(data_root, self.base_folder)
+        files = [f[0] for f in self.train_list + self.test_list]
+        _require([osp.join(folder, f) for f in files], 'CIFAR10',
+                 f'Extract cifar-10-python.tar.gz into {data_root}.')
+        super().__init__(data_root=data_root, split=split, **kwargs)
+
+
+@DATASETS.register_module()
+class ImageNet(_ImageNet):
+    """ImageNet-1k in mmpretrain's layout (``train/``, ``val/``, ``meta/``)."""
+
+    def __init__(self, data_root: str = '', split: str = 'train', **kwargs):
+        _require([osp.join(data_root, split)], 'ImageNet',
+                 f'Place (or symlink) the ILSVRC2012 {split} folder under '
+                 f'{data_root}.')
+        super().__init__(data_root=data_root, split=split, **kwargs)
