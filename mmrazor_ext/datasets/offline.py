@@ -28,10 +28,16 @@ def _require(paths, dataset: str, how: str) -> None:
 
 @DATASETS.register_module()
 class FashionMNIST(_FashionMNIST):
-    """Fashion-MNIST from local IDX files (``make data`` prepares them)."""
+    """Fashion-MNIST from local IDX files (``make data`` prepares them).
+
+    mmpretrain 1.2.0 chooses the files by ``test_mode``, not ``split``, so
+    ``split='test'`` alone would silently load the 60k training images; here
+    the split decides.
+    """
 
     def __init__(self, data_root: str = '', split: str = 'train', **kwargs):
         kwargs['download'] = False
+        kwargs['test_mode'] = split == 'test'
         files = [f[0][:-3] for f in self.train_list + self.test_list]
         _require([osp.join(data_root, f) for f in files], 'FashionMNIST',
                  'Run `make data` (or python tools/dataset_converters/'

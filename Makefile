@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_STAMP := data/fashion_mnist/.prepared
+# pytest-xdist workers; 2 matches the 2-core CI machine.
+JOBS ?= 2
+
+.PHONY: setup data demo test lint clean
+
+setup: $(STAMP) $(DATA_STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 'setuptools<81' wheel
+	$(PY) -m pip install -q -e '.[tests]'
+	touch $@
+
+$(DATA_STAMP): tools/dataset_converters/prepare_fashion_mnist.py | $(STAMP)
+	$(PY) tools/dataset_converters/prepare_fashion_mnist.py --out data/fashion_mnist
+	touch $@
+
+data: $(DATA_STAMP)
+
+demo: setup
+	$(PY) tools/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# pytest exits 5 when it collected nothing: that is a failure here.
+test: setup lint
+	@OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(JOBS) -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+clean:
+	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""tools/train.py, tools/test.py, resume and distributed runs on tiny data."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT, run_tool, tiny_cfg_options
+
+PY = os.path.join(ROOT, '.venv', 'bin', 'python')
+BASELINE = os.path.join(ROOT, 'configs/baselines/resnet20_1xb128_fashionmnist.py')
+
+
+@pytest.fixture(scope='module')
+def no_aug_config(tmp_path_factory):
+    """The baseline without random augmentation, so runs are reproducible."""
+    path = tmp_path_factory.mktemp('cfg') / 'resnet20_noaug.py'
+    path.write_text(
+        f"_base_ = ['{BASELINE}']\n"
+        "train_dataloader = dict(dataset=dict(\n"
+        "    pipeline=[dict(type='mmpretrain.PackInputs')]))\n")
+    return str(path)
+
+
+def _train(config, work_dir, data_root, epochs, end, extra=()):
+    opts = tiny_cfg_options(data_root, max_epochs=epochs)
+    opts = [o if not o.startswith('param_scheduler.end=') else
+            f'param_scheduler.end={end}' for o in opts]
+    return run_tool([PY, 'tools/train.py', config, '--work-dir', str(work_dir),
+                     *extra, *opts])
+
+
+def _weights(path):
+    from mmrazor_ext.engine import safe_load
+    return safe_load(str(path))
+
+
+def test_train_then_resume_equals_uninterrupted(tmp_path, tiny_fmnist,
+                                                no_aug_config):
+    straight = tmp_path / 'straight'
+    _train(no_aug_config, straight, tiny_fmnist, epochs=2, end=2)
+    killed = tmp_path / 'killed'
+    _train(no_aug_config, killed, tiny_fmnist, epochs=1, end=2)
+    proc = _train(no_aug_config, killed, tiny_fmnist, epochs=2, end=2,
+                  extra=['--resume'])
+    log = proc.stdout + proc.stderr
+    assert 'resumed epoch: 1, iter: 8' in log
+    a, b = _weights(straight / 'epoch_2.pth'), _weights(killed / 'epoch_2.pth')
+    assert a['meta']['iter'] == b['meta']['iter'] == 16
+    for key, value in a['state_dict'].items():
+        torch.testing.assert_close(b['state_dict'][key], value,
+                                   rtol=1e-5, atol=1e-6, msg=key)
+    # Optimizer momentum survived the resume too.
+    ma = a['optimizer']['state']
+    mb = b['optimizer']['state']
+    assert ma.keys() == mb.keys() and len(ma) > 0
+    for k in ma:
+        torch.testing.assert_close(mb[k]['momentum_buffer'],
+                                   ma[k]['momentum_buffer'],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_needs_only_allow_listed_globals(tmp_path, tiny_fmnist,
+                                                    no_aug_config):
+    from mmrazor_ext.engine import safe_globals
+    _train(no_aug_config, tmp_path, tiny_fmnist, epochs=1, end=1)
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(
+        str(tmp_path / 'epoch_1.pth'))
+    allowed = {f'{g.__module__}.{g.__qualname__}' for g in safe_globals()}
+    assert set(unsafe) <= allowed, set(unsafe) - allowed
+
+
+def test_resume_from_explicit_path_and_test_tool(tmp_path, tiny_fmnist,
+                                                 no_aug_config):
+    _train(no_aug_config, tmp_path / 'a', tiny_fmnist, epochs=1, end=2)
+    ckpt = tmp_path / 'a' / 'epoch_1.pth'
+    proc = _train(no_aug_config, tmp_path / 'b', tiny_fmnist, epochs=2, end=2,
+                  extra=['--resume', str(ckpt)])
+    assert 'resumed epoch: 1, iter: 8' in proc.stdout + proc.stderr
+    out = tmp_path / 'metrics.json'
+    run_tool([PY, 'tools/test.py', no_aug_config,
+              str(tmp_path / 'b' / 'epoch_2.pth'), '--work-dir',
+              str(tmp_path / 't'), '--out', str(out),
+              *tiny_cfg_options(tiny_fmnist)])
+    metrics = json.loads(out.read_text())
+    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+
+
+def test_dist_train_two_processes_gloo(tmp_path, tiny_fmnist):
+    opts = tiny_cfg_options(tiny_fmnist, batch_size=4)
+    proc = run_tool(['bash', 'tools/dist_train.sh', BASELINE, '2',
+                     '--work-dir', str(tmp_path), *opts],
+                    env={'PORT': str(29500 + os.getpid() % 1000)})
+    log = proc.stdout + proc.stderr
+    assert 'Distributed training: True' in log
+    assert "backend='gloo'" in log or 'gloo' in log
+    # 64 images / 2 ranks / batch 4 = 8 iterations per epoch.
+    assert 'Epoch(train) [1][8/8]' in log
+    ckpt = torch.load(tmp_path / 'epoch_1.pth', weights_only=False)
+    assert ckpt['meta']['iter'] == 8
+
+
+def test_demo_runs_on_tiny_data(tmp_path, tiny_fmnist):
+    opts = tiny_cfg_options(tiny_fmnist)[1:]
+    proc = run_tool([PY, 'tools/demo.py', '--epochs', '1', '--work-dir',
+                     str(tmp_path), '--cfg-options', *opts])
+    assert 'top-1 (%)' in proc.stdout
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert results['params'] == 272474 - 2 * 16 * 9  # 1 input channel
+    # A second run reuses the checkpoint instead of training again.
+    proc = run_tool([PY, 'tools/demo.py', '--epochs', '1', '--work-dir',
+                     str(tmp_path), '--cfg-options', *opts])
+    assert 'reusing' in proc.stdout
