@@ -2,12 +2,11 @@
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-
-import subprocess
-import sys
 
 from conftest import ROOT, make_fmnist, write_idx
 from tools.dataset_converters import prepare_fashion_mnist as prep
@@ -95,8 +94,12 @@ def test_cli_reports_error(tmp_path):
 
 
 def test_datasets_fail_clearly_when_missing(tmp_path):
-    from mmrazor_ext.datasets import (CIFAR10, DatasetNotFoundError,
-                                      FashionMNIST, ImageNet)
+    from mmrazor_ext.datasets import (
+        CIFAR10,
+        DatasetNotFoundError,
+        FashionMNIST,
+        ImageNet,
+    )
     with pytest.raises(DatasetNotFoundError, match='make data'):
         FashionMNIST(data_root=str(tmp_path), split='train')
     with pytest.raises(DatasetNotFoundError,
