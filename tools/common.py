@@ -10,7 +10,8 @@ def adapt_to_device(cfg: Config) -> Config:
     """Make a config written for GPUs run where there is no CUDA device.
 
     gloo replaces nccl (and the process group is started here), DDP gets
-    ``device_ids=None`` (CPU modules) and ``AmpOptimWrapper`` (CUDA only) falls back to fp32 with a warning.
+    ``device_ids=None`` (CPU modules) and ``AmpOptimWrapper`` (CUDA only)
+    falls back to fp32 with a warning.
     """
     if torch.cuda.is_available():
         return cfg
