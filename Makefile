@@ -15,7 +15,7 @@ setup: $(STAMP) $(DATA_STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools<81' wheel
-	$(PY) -m pip install -q -e '.[tests]'
+	$(PY) -m pip install -q -e '.[tests,deploy]'
 	touch $@
 
 $(DATA_STAMP): tools/dataset_converters/prepare_fashion_mnist.py | $(STAMP)

@@ -49,7 +49,7 @@ METRICS = Registry(
     locations=['mmrazor_ext.metrics'])
 HOOKS = Registry(
     'hook', parent=MMENGINE_HOOKS, scope=_SCOPE,
-    locations=['mmrazor_ext.engine'])
+    locations=['mmrazor_ext.engine', 'mmrazor_ext.algorithms'])
 LOOPS = Registry(
     'loop', parent=MMENGINE_LOOPS, scope=_SCOPE,
     locations=['mmrazor_ext.engine', 'mmrazor_ext.algorithms'])
@@ -110,6 +110,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import mmpretrain.evaluation  # noqa: F401
     import mmpretrain.models  # noqa: F401
 
+    import mmrazor_ext.algorithms  # noqa: F401
     import mmrazor_ext.datasets  # noqa: F401
     import mmrazor_ext.engine  # noqa: F401
     import mmrazor_ext.models  # noqa: F401

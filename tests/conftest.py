@@ -45,6 +45,18 @@ def tiny_fmnist(tmp_path_factory) -> str:
     return make_fmnist(str(tmp_path_factory.mktemp('fmnist')))
 
 
+@pytest.fixture(scope='session')
+def tiny_baseline(tmp_path_factory, tiny_fmnist) -> str:
+    """ResNet-20 trained one epoch on ``tiny_fmnist`` through tools/train.py;
+    the checkpoint path (shared by the algorithm and tool tests)."""
+    wd = tmp_path_factory.mktemp('baseline')
+    config = os.path.join(ROOT,
+                          'configs/baselines/resnet20_1xb128_fashionmnist.py')
+    run_tool([os.path.join(ROOT, '.venv', 'bin', 'python'), 'tools/train.py',
+              config, '--work-dir', str(wd), *tiny_cfg_options(tiny_fmnist)])
+    return str(wd / 'epoch_1.pth')
+
+
 def tiny_cfg_options(data_root: str, max_epochs: int = 1,
                      batch_size: int = 8) -> list:
     """``--cfg-options`` that make a Fashion-MNIST config run in seconds."""

@@ -1,12 +1,17 @@
-"""The main job: train and evaluate ResNet-20 on real Fashion-MNIST.
+"""The main job: train, CDP-prune and fine-tune ResNet-20 on Fashion-MNIST.
 
-Trains the baseline config for a bounded budget through the mmengine Runner
-(progress in the log), evaluates on the 10k test images and prints a results
-table; the numbers are also written to ``work_dirs/demo/results.json``.
-A finished baseline checkpoint is reused unless ``--retrain`` is given.
+1. trains the dense baseline for a bounded budget through the mmengine
+   Runner (progress in the log);
+2. CDP one-shot prunes it to ``--flops-ratio`` of its FLOPs (BN statistics
+   recalibrated), fine-tunes, and exports the physically smaller model;
+3. rebuilds the pruned model from ``subnet.json`` and prints one table:
+   MACs, params, CPU latency and test top-1 of dense vs pruned.
+
+Numbers go to ``work_dirs/demo/results.json``; finished stages are reused
+unless ``--retrain`` is given.
 
 Usage:
-    python tools/demo.py [--epochs 1] [--work-dir work_dirs/demo] [--retrain]
+    python tools/demo.py [--epochs 1] [--finetune-epochs 1] [--retrain]
 """
 import argparse
 import json
@@ -24,6 +29,8 @@ from tools.common import build_runner  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/baselines/resnet20_1xb128_fashionmnist.py')
+PRUNE_CONFIG = osp.join(ROOT,
+                        'configs/pruning/cdp_resnet20_1xb128_fashionmnist.py')
 
 
 def set_epochs(cfg: Config, epochs: int) -> Config:
@@ -57,61 +64,127 @@ def print_table(rows: list, header: list) -> None:
     print(f'+{line}+')
 
 
+def _overrides(cfg: Config, items: list) -> Config:
+    for item in items:
+        key, value = item.split('=', 1)
+        cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
+    return cfg
+
+
+def train_baseline(args) -> tuple[str, float]:
+    """Stage 1: the dense ResNet-20 (reused when its checkpoint exists)."""
+    cfg = _overrides(set_epochs(Config.fromfile(CONFIG), args.epochs),
+                     args.cfg_options)
+    cfg.work_dir = osp.join(args.work_dir, 'baseline')
+    cfg.launcher = 'none'
+    ckpt = osp.join(cfg.work_dir, f'epoch_{args.epochs}.pth')
+    if args.retrain or not osp.exists(ckpt):
+        print(f'[demo] 1/2 training ResNet-20 on Fashion-MNIST for '
+              f'{args.epochs} epoch(s) -> {cfg.work_dir}', flush=True)
+        t0 = time.time()
+        build_runner(cfg).train()
+        return ckpt, time.time() - t0
+    print(f'[demo] 1/2 reusing {ckpt} (pass --retrain to train again)')
+    return ckpt, 0.0
+
+
+def prune_finetune(args, baseline: str) -> tuple[dict, float]:
+    """Stage 2: CDP one-shot pruning to the FLOPs target, fine-tune, export."""
+    cfg = Config.fromfile(PRUNE_CONFIG)
+    cfg = _overrides(set_epochs(cfg, args.finetune_epochs), args.cfg_options)
+    cfg.model.init_checkpoint = baseline
+    cfg.model.target.ratio = args.flops_ratio
+    cfg.work_dir = osp.join(args.work_dir, 'cdp_pruned')
+    cfg.launcher = 'none'
+    report_path = osp.join(cfg.work_dir, 'report.json')
+    if not args.retrain and osp.exists(report_path):
+        print(f'[demo] 2/2 reusing {report_path}')
+        with open(report_path) as f:
+            return json.load(f), 0.0
+    print(f'[demo] 2/2 CDP pruning to {args.flops_ratio:.0%} of the FLOPs, '
+          f'fine-tuning {args.finetune_epochs} epoch(s) -> {cfg.work_dir}',
+          flush=True)
+    t0 = time.time()
+    build_runner(cfg).train()
+    with open(report_path) as f:
+        return json.load(f), time.time() - t0
+
+
+def latency_ms(baseline: str, report: dict) -> tuple[float, float]:
+    """CPU latency (batch 64, median of 30) of the dense and pruned nets,
+    the pruned one rebuilt from subnet.json + pruned_model.pth."""
+    from mmrazor_ext.engine import safe_load
+    from mmrazor_ext.estimators import measure_latency
+    from mmrazor_ext.models import CifarResNet
+    from mmrazor_ext.pruners import load_subnet
+    x = torch.randn(64, 1, 28, 28)
+    dense = CifarResNet(20, 10, 1)
+    dense.load_state_dict(safe_load(baseline)['state_dict'])
+    small = load_subnet(CifarResNet(20, 10, 1), report['subnet'],
+                        example_inputs=(x[:1],), load_weights=False)
+    small.load_state_dict(safe_load(report['pruned_model'])['state_dict'])
+    return (1e3 * measure_latency(dense, x, warmup=5, repeats=30),
+            1e3 * measure_latency(small, x, warmup=5, repeats=30))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--epochs', type=int, default=1)
+    parser.add_argument('--epochs', type=int, default=1,
+                        help='baseline training epochs')
+    parser.add_argument('--finetune-epochs', type=int, default=1)
+    parser.add_argument('--flops-ratio', type=float, default=0.5,
+                        help='FLOPs kept after pruning (0.5 = 2x fewer)')
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs/demo'))
     parser.add_argument('--retrain', action='store_true')
     parser.add_argument('--cfg-options', nargs='*', default=[],
-                        help='key=value overrides for the baseline config')
+                        help='key=value overrides for both stages')
     args = parser.parse_args(argv)
 
-    cfg = Config.fromfile(CONFIG)
-    set_epochs(cfg, args.epochs)
-    for item in args.cfg_options:
-        key, value = item.split('=', 1)
-        cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
-    base_dir = osp.join(args.work_dir, 'baseline')
-    cfg.work_dir = base_dir
-    cfg.launcher = 'none'
-    ckpt = osp.join(base_dir, f'epoch_{args.epochs}.pth')
-
     t0 = time.time()
-    if args.retrain or not osp.exists(ckpt):
-        print(f'[demo] training ResNet-20 on Fashion-MNIST for {args.epochs} '
-              f'epoch(s) -> {base_dir}', flush=True)
-        runner = build_runner(cfg)
-        runner.train()
-        train_s = time.time() - t0
-    else:
-        print(f'[demo] reusing {ckpt} (pass --retrain to train again)')
-        train_s = 0.0
-    cfg.load_from = ckpt
-    runner = build_runner(cfg)
-    t1 = time.time()
-    metrics = runner.test()
-    test_s = time.time() - t1
-    model = runner.model
-    params = sum(p.numel() for p in model.parameters())
-
+    baseline, train_s = train_baseline(args)
+    report, prune_s = prune_finetune(args, baseline)
+    dense_ms, small_ms = latency_ms(baseline, report)
+    flops_x = report['flops_before'] / report['flops_after']
     results = {
         'model': 'ResNet-20 (CIFAR layout, 1 input channel)',
         'dataset': 'Fashion-MNIST (60k train / 10k test)',
         'epochs': args.epochs,
-        'params': params,
-        'top1': float(metrics['accuracy/top1']),
+        'finetune_epochs': args.finetune_epochs,
+        'dense': {'flops': report['flops_before'],
+                  'params': report['params_before'],
+                  'latency_ms_b64': round(dense_ms, 2),
+                  'top1': report['top1_before']},
+        'pruned': {'flops': report['flops_after'],
+                   'params': report['params_after'],
+                   'latency_ms_b64': round(small_ms, 2),
+                   'top1_right_after_pruning':
+                       report.get('top1_step1_pruned'),
+                   'top1_after_bn_recalibration':
+                       report.get('top1_step1_bn_recalibrated'),
+                   'top1': report['top1_after']},
+        'flops_reduction': round(flops_x, 3),
+        'latency_speedup': round(dense_ms / small_ms, 3),
         'train_seconds': round(train_s, 1),
-        'test_seconds': round(test_s, 1),
-        'checkpoint': ckpt,
+        'prune_finetune_seconds': round(prune_s, 1),
+        'total_seconds': round(time.time() - t0, 1),
         'torch_threads': torch.get_num_threads(),
+        'report': osp.join(args.work_dir, 'cdp_pruned', 'report.json'),
     }
     write_json(osp.join(args.work_dir, 'results.json'), results)
+    d, p = results['dense'], results['pruned']
     print()
     print_table(
-        [['ResNet-20 dense', args.epochs, f'{params / 1e6:.3f} M',
-          f'{results["top1"]:.2f}', f'{train_s:.0f}', f'{test_s:.0f}']],
-        ['model', 'epochs', 'params', 'top-1 (%)', 'train s', 'test s'])
-    print(f'results: {osp.join(args.work_dir, "results.json")}')
+        [['ResNet-20 dense', f"{d['flops'] / 1e6:.2f}",
+          f"{d['params'] / 1e6:.3f}", f'{dense_ms:.1f}', f"{d['top1']:.2f}"],
+         ['CDP-pruned + fine-tuned', f"{p['flops'] / 1e6:.2f}",
+          f"{p['params'] / 1e6:.3f}", f'{small_ms:.1f}', f"{p['top1']:.2f}"]],
+        ['model', 'MACs (M)', 'params (M)', 'CPU ms (b64)', 'top-1 (%)'])
+    print(f"FLOPs reduction {flops_x:.2f}x, latency speed-up "
+          f"{results['latency_speedup']:.2f}x; top-1 right after pruning "
+          f"{p['top1_right_after_pruning']:.2f} %, after BN recalibration "
+          f"{p['top1_after_bn_recalibration']:.2f} %")
+    print(f"results: {osp.join(args.work_dir, 'results.json')}; pruned "
+          f"model: {report['pruned_model']}")
     return results
 
 

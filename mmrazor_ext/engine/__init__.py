@@ -1,5 +1,5 @@
 from .checkpoint import add_safe_globals, safe_globals, safe_load
-from .schedulers import OneCycleLR
 from .hooks import *  # noqa: F401,F403
+from .schedulers import OneCycleLR
 
 __all__ = ['OneCycleLR', 'add_safe_globals', 'safe_globals', 'safe_load']

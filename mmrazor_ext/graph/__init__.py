@@ -1,0 +1,35 @@
+"""FX tracing, channel dependency analysis, masking and physical export.
+
+Public entry points: :func:`trace_model` (the project's only tracer),
+:class:`ChannelGraph` (ChannelSpaces of a model), the rule registries
+:func:`register_module_rule` / :func:`register_function_rule`, masking
+(:func:`apply_masks`) and export (:func:`export_pruned`).
+"""
+from .blocks import BlockAnalysis, BlockInfo, find_blocks, remove_blocks
+from .channel_graph import (
+                            ChannelGraph,
+                            ChannelSpace,
+                            LayerRecord,
+                            UnsupportedOpError,
+                            run_tensor_forward,
+)
+from .export import (
+                            ExportError,
+                            check_equivalence,
+                            export_pruned,
+                            fuse_conv_bn,
+                            register_exporter,
+)
+from .fold import find_conv_bn_pairs, fold_bn
+from .masking import apply_masks, remove_masks
+from .rules import register_function_rule, register_module_rule
+from .tracer import TraceError, default_concrete_args, trace_model
+
+__all__ = ['BlockAnalysis', 'BlockInfo', 'find_blocks', 'remove_blocks',
+           'find_conv_bn_pairs', 'fold_bn',
+           'ChannelGraph', 'ChannelSpace', 'ExportError', 'LayerRecord',
+           'TraceError', 'UnsupportedOpError', 'apply_masks',
+           'check_equivalence', 'default_concrete_args', 'export_pruned',
+           'fuse_conv_bn', 'register_exporter', 'register_function_rule',
+           'register_module_rule', 'remove_masks', 'run_tensor_forward',
+           'trace_model']

@@ -1,0 +1,540 @@
+"""Layer pruning (block discovery / removal, block metrics, LayerFusion
+end to end) and conv / linear + BN folding."""
+import copy
+import csv
+import json
+import os
+import os.path as osp
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT, run_tool, tiny_cfg_options
+
+PY = os.path.join(ROOT, '.venv', 'bin', 'python')
+BASELINE = os.path.join(ROOT, 'configs/baselines/resnet20_1xb128_fashionmnist.py')
+FUSION = os.path.join(ROOT,
+                      'configs/fusion/fusion_resnet20_1xb128_fashionmnist.py')
+X = torch.randn(1, 1, 28, 28)
+
+
+def _randomise_bn(model, seed=0):
+    """Non-trivial BN statistics and affine parameters (so that folding and
+    block removal are tested on something other than identities)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model
+
+
+@pytest.fixture(scope='module')
+def resnet20():
+    from mmrazor_ext.models import CifarResNet
+    torch.manual_seed(0)
+    return _randomise_bn(CifarResNet(20, 10, 1)).eval()
+
+
+@pytest.fixture(scope='module')
+def blocks20(resnet20):
+    from mmrazor_ext.graph import find_blocks
+    return find_blocks(resnet20, X)
+
+
+def _removed_flops(model, names, skip=()):
+    from mmrazor_ext.estimators import get_model_complexity
+    layers = get_model_complexity(model, X, per_layer=True)['layers']
+    return sum(v['flops'] for k, v in layers.items()
+               if any(k.startswith(n + '.') for n in names) and k not in skip)
+
+
+# -- discovery and removal ------------------------------------------------------
+def test_resnet20_blocks_found_with_reasons(blocks20):
+    names = list(blocks20.blocks)
+    assert names == [f'backbone.layer{s}.{i}' for s in (1, 2, 3)
+                     for i in range(3)]
+    non = {n: b for n, b in blocks20.blocks.items() if not b.removable}
+    assert set(non) == {'backbone.layer2.0', 'backbone.layer3.0'}
+    for name, info in non.items():
+        assert 'projection shortcut' in info.reason
+        assert f'{name}.downsample.0' in info.reason  # names the module
+        assert info.in_shape != info.out_shape
+        assert info.can_keep_shortcut
+    for name in blocks20.removable:
+        info = blocks20.blocks[name]
+        assert info.reason == '' and info.shortcut_modules == []
+        assert info.in_shape == info.out_shape
+
+
+def test_remove_blocks_runs_and_drops_exact_flops(resnet20, blocks20):
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.graph import remove_blocks
+    names = ['backbone.layer1.1', 'backbone.layer2.2', 'backbone.layer3.1']
+    small = remove_blocks(resnet20, names, blocks20)
+    assert isinstance(small.backbone.layer2[2], nn.Identity)
+    assert not isinstance(resnet20.backbone.layer2[2], nn.Identity)  # copy
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert small(x).shape == (2, 10)
+    before = get_model_complexity(resnet20, X)['flops']
+    after = get_model_complexity(small, X)['flops']
+    assert before - after == _removed_flops(resnet20, names) > 0
+
+
+def test_non_removable_block_raises_with_reason(resnet20, blocks20):
+    from mmrazor_ext.graph import remove_blocks
+    with pytest.raises(ValueError, match='projection shortcut'):
+        remove_blocks(resnet20, ['backbone.layer2.0'], blocks20)
+    with pytest.raises(ValueError, match='not a residual block'):
+        remove_blocks(resnet20, ['backbone.layer2'], blocks20)
+
+
+def test_keep_shortcut_drops_branch_only(resnet20, blocks20):
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.graph import remove_blocks
+    name = 'backbone.layer2.0'
+    small = remove_blocks(resnet20, [name], blocks20, mode='keep_shortcut')
+    block = resnet20.backbone.layer2[0]
+    x = torch.randn(2, 16, 28, 28)
+    with torch.no_grad():
+        # the shortcut path of the original block: relu(downsample(x))
+        want = block.relu(block.downsample(x))
+        got = small.backbone.layer2[0](x)
+    torch.testing.assert_close(got, want)
+    before = get_model_complexity(resnet20, X)['flops']
+    after = get_model_complexity(small, X)['flops']
+    info = blocks20.blocks[name]
+    assert before - after == _removed_flops(
+        resnet20, [name], skip=set(info.shortcut_modules))
+
+
+def test_image_classifier_from_config():
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.graph import find_blocks, remove_blocks
+    from tools.model_loading import build_from_config
+    _, model, example = build_from_config(BASELINE)
+    blocks = find_blocks(model, example)
+    assert len(blocks.blocks) == 9 and len(blocks.removable) == 7
+    small = remove_blocks(model, blocks.removable[:2], blocks)
+    with torch.no_grad():
+        assert small(example, mode='tensor').shape == (1, 10)
+    layers = get_model_complexity(model, example, per_layer=True)['layers']
+    removed = sum(v['flops'] for k, v in layers.items()
+                  if any(k.startswith(n + '.') for n in blocks.removable[:2]))
+    assert get_model_complexity(model, example)['flops'] - \
+        get_model_complexity(small, example)['flops'] == removed
+
+
+def test_mobilenetv2_inverted_residuals():
+    from mmpretrain.models import MobileNetV2
+
+    from mmrazor_ext.graph import find_blocks, remove_blocks
+    model = MobileNetV2(widen_factor=0.25)
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    blocks = find_blocks(model, x)
+    # exactly the InvertedResidual blocks that add their input (stride 1,
+    # in == out channels), read from mmpretrain's own flag
+    want = [n for n, m in model.named_modules()
+            if type(m).__name__ == 'InvertedResidual' and m.use_res_connect]
+    assert len(want) >= 10
+    assert blocks.removable == want
+    small = remove_blocks(model, want, blocks)
+    with torch.no_grad():
+        assert small(x)[-1].shape == model(x)[-1].shape
+
+
+class _PoolShortcut(nn.Module):
+    """Same shapes, but the shortcut is a (function) pooling, not x."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, 4, 6, 6))
+        self.a = _PoolShortcut()
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 1))
+        self.c = _Residual(nn.Conv2d(4, 4, 1))
+
+    def forward(self, x):
+        return self.c(self.a(x + self.pos)) + self.b(x)
+
+
+class _Residual(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+def test_blocks_need_an_identity_shortcut():
+    from mmrazor_ext.graph import find_blocks, remove_blocks
+    model = _Toy()
+    blocks = find_blocks(model, torch.randn(1, 4, 6, 6))
+    # the root's adds (parameter, two branches) are no blocks
+    assert list(blocks.blocks) == ['a', 'c']
+    assert blocks.removable == ['c']
+    assert 'shortcut is not the block input' in blocks.blocks['a'].reason
+    assert 'avg_pool2d' in blocks.blocks['a'].reason
+    small = remove_blocks(model, ['a'], blocks, mode='keep_shortcut')
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small.a(x), torch.nn.functional.avg_pool2d(x, 3, 1, 1))
+
+
+# -- block metrics ------------------------------------------------------------------
+def test_block_metrics_rank_a_dead_block_last(resnet20):
+    from mmrazor_ext.graph import find_blocks
+    from mmrazor_ext.metrics import BlockFeatureCollector
+    from mmrazor_ext.registry import METRICS
+    model = copy.deepcopy(resnet20)
+    dead = 'backbone.layer2.1'
+    model.get_submodule(dead).norm2.weight.data.zero_()
+    model.get_submodule(dead).norm2.bias.data.zero_()
+    blocks = find_blocks(model, X)
+    col = BlockFeatureCollector(blocks)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        col.update(torch.randn(8, 1, 28, 28, generator=gen))
+    stats = col.statistics()
+    assert stats[dead]['n'] == 16
+    for name in ('block_cka', 'block_cosine', 'block_weight_norm'):
+        scores = METRICS.get(name)()(blocks, model, stats)
+        assert set(scores) == set(blocks.blocks)
+        live = [v for k, v in scores.items() if k != dead]
+        # branch output 0 and input >= 0 (after ReLU): out == in exactly
+        assert scores[dead] == pytest.approx(0.0, abs=1e-6), name
+        assert min(live) > 1e-4, name
+    cos = METRICS.get('block_cosine')()(blocks, model, stats)
+    assert cos['backbone.layer2.0'] == float('inf')  # shapes differ
+
+
+def test_linear_cka_matches_formula_and_is_scale_invariant():
+    from mmrazor_ext.metrics import hsic_terms
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 5, generator=gen).double()
+    y = x @ torch.randn(5, 7, generator=gen).double()
+
+    def cka(a, b):
+        kl, kk, ll = hsic_terms(a, b)
+        return float(kl / (kk * ll).sqrt())
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    # Kornblith et al.: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)
+    ref = float((yc.t() @ xc).norm() ** 2 /
+                ((xc.t() @ xc).norm() * (yc.t() @ yc).norm()))
+    assert cka(x, y) == pytest.approx(ref, rel=1e-9)
+    assert cka(x, 3 * y) == pytest.approx(ref, rel=1e-9)
+    assert cka(x, x) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match='needs collected features'):
+        from mmrazor_ext.registry import METRICS
+        METRICS.get('block_cka')()(None, None, None)
+
+
+# -- conv / linear + BN folding ----------------------------------------------------
+def test_fold_resnet20_via_pruner_export(resnet20):
+    from mmrazor_ext.graph import check_equivalence
+    from mmrazor_ext.pruners import ChannelPruner
+    pruner = ChannelPruner(resnet20, X)
+    pruner.set_subnet(pruner.sample_subnet_uniform(0.25))
+    try:
+        fused = pruner.export(fuse_bn=True)  # raises if not within 1e-5
+        assert pruner.last_export_report['rel_diff'] <= 1e-5
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+        x = torch.randn(4, 1, 28, 28)
+        assert check_equivalence(resnet20, fused, (x,))['rel_diff'] <= 1e-5
+    finally:
+        pruner.clear_subnet()
+
+
+def test_fold_mobilenetv2_depthwise():
+    from mmpretrain.models import MobileNetV2
+
+    from mmrazor_ext.graph import check_equivalence, fold_bn
+    model = _randomise_bn(MobileNetV2(widen_factor=0.5))
+    model.eval()
+    dw = [m for m in model.modules() if isinstance(m, nn.Conv2d)
+          and m.groups > 1 and m.groups == m.in_channels]
+    assert dw  # really depthwise convolutions
+    fused = fold_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    rep = check_equivalence(model, fused, (torch.randn(2, 3, 32, 32),))
+    assert rep['rel_diff'] <= 1e-5, rep
+
+
+class _LinearBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, groups=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc2(torch.relu(self.bn1(self.fc1(x))))
+
+
+def test_fold_linear_batchnorm1d():
+    from mmrazor_ext.graph import check_equivalence, find_conv_bn_pairs, fold_bn
+    from mmrazor_ext.pruners import ChannelPruner
+    model = _randomise_bn(_LinearBN()).eval()
+    x = torch.randn(5, 3, 9, 9)
+    # Linear + BN needs the shape check: skipped without example inputs
+    assert find_conv_bn_pairs(model) == [('conv', 'bn')]
+    assert find_conv_bn_pairs(model, x) == [('conv', 'bn'), ('fc1', 'bn1')]
+    fused = fold_bn(model, x)
+    assert isinstance(fused.bn1, nn.Identity)
+    assert check_equivalence(model, fused, (x,))['rel_diff'] <= 1e-5
+    # and through the pruner's export (graph's conv_bn_pairs)
+    pruner = ChannelPruner(model, torch.randn(1, 3, 9, 9))
+    assert ('fc1', 'bn1') in pruner.graph.conv_bn_pairs
+    pruner.set_subnet(pruner.sample_subnet_uniform(0.5))
+    small = pruner.export(fuse_bn=True)
+    pruner.clear_subnet()
+    assert isinstance(small.bn1, nn.Identity) and small.fc1.out_features == 8
+
+
+# -- LayerFusion end to end ---------------------------------------------------------
+@pytest.fixture(scope='module')
+def trained(tiny_baseline):
+    return tiny_baseline
+
+
+def _fuse(work_dir, data_root, ckpt, epochs, extra=(), opts=()):
+    return run_tool([
+        PY, 'tools/train.py', FUSION, '--work-dir', str(work_dir), *extra,
+        *tiny_cfg_options(data_root, max_epochs=epochs),
+        f'model.init_checkpoint={ckpt}', 'model.metric_batches=2',
+        'model.bn_recalib_batches=2', *opts])
+
+
+@pytest.fixture(scope='module')
+def fused(tmp_path_factory, tiny_fmnist, trained):
+    """LayerFusion on ResNet-20 (2 blocks, BN folded in the export), "killed"
+    after epoch 1 and resumed to epoch 2."""
+    wd = tmp_path_factory.mktemp('fusion')
+    opts = ['model.fuse_bn=True']
+    _fuse(wd, tiny_fmnist, trained, 1, opts=opts + ['param_scheduler.end=2'])
+    proc = _fuse(wd, tiny_fmnist, trained, 2, extra=['--resume'], opts=opts)
+    return wd, proc.stdout + proc.stderr
+
+
+def test_layer_fusion_resume_restores_removed_blocks(fused):
+    from mmrazor_ext.engine import safe_load
+    wd, log = fused
+    state = safe_load(str(wd / 'epoch_1.pth'))['state_dict']
+    removed = state['_extra_state']['removed']
+    assert len(removed) == 2
+    # the checkpoint holds the shallower model only
+    assert not any(k.startswith(f'architecture.{removed[0]}.') for k in state)
+    assert 'resumed after pruning step 1' in log
+    state2 = safe_load(str(wd / 'epoch_2.pth'))['state_dict']
+    assert state2['_extra_state']['removed'] == removed
+    assert state2.keys() == state.keys()
+    report = json.loads((wd / 'report.json').read_text())
+    assert report['removed_blocks'] == removed
+
+
+def test_layer_fusion_end_to_end(fused):
+    """The files and numbers of the other algorithms."""
+    from mmrazor_ext.algorithms import block_flops, load_fused_model
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.graph import find_blocks
+    from mmrazor_ext.models import CifarResNet
+    tmp_path, _ = fused
+    report = json.loads((tmp_path / 'report.json').read_text())
+    removed = report['removed_blocks']
+    for f in ('pruned_model.pth', 'subnet.json', 'report.json'):
+        assert (tmp_path / f).is_file(), f
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['metric'] == 'block_cka'
+    assert len(removed) == 2 and set(removed) <= set(report['removable_blocks'])
+    assert set(report['non_removable']) == {'backbone.layer2.0',
+                                            'backbone.layer3.0'}
+    scores = report['block_scores']
+    kept = set(report['removable_blocks']) - set(removed)
+    assert max(scores[n] for n in removed) <= min(scores[n] for n in kept)
+    assert report['export_check']['ok']
+    for key in ('top1_before', 'top1_step1_pruned',
+                'top1_step1_bn_recalibrated', 'top1_after'):
+        assert 0 <= report[key] <= 100
+    # FLOPs drop by exactly the removed blocks' MACs
+    dense = CifarResNet(20, 10, 1)
+    saved = block_flops(dense, find_blocks(dense, X), X)
+    assert report['flops_before'] - report['flops_after_depth'] == \
+        sum(saved[n] for n in removed)
+    # the export rebuilds from the original definition + subnet.json
+    small = load_fused_model(dense, str(tmp_path / 'subnet.json'))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+    cx = get_model_complexity(small, X)
+    assert cx['flops'] == report['flops_after']
+    assert cx['params'] == report['params_after']
+
+
+def test_onnx_export_round_trip(fused, tmp_path):
+    pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    tool = _load_tool('tools/deploy/export_onnx.py')
+    wd, _ = fused
+    out = str(tmp_path / 'fused.onnx')
+    summary = tool.main([BASELINE, '--subnet', str(wd / 'subnet.json'),
+                         '--out', out, '--atol', '1e-4'])
+    assert summary['checked'] and summary['ok'], summary
+    assert summary['max_abs_diff'] <= 1e-4
+    import onnx
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert 'BatchNormalization' not in ops and 'Conv' in ops
+    # 2 blocks (4 convs) fewer than the 19 convs of ResNet-20 + 2 shortcuts
+    convs = sum(n.op_type == 'Conv' for n in onnx.load(out).graph.node)
+    assert convs == 21 - 4
+
+
+def _load_tool(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        osp.splitext(osp.basename(path))[0], os.path.join(ROOT, path))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_layer_importance_tool(tmp_path, tiny_fmnist, trained):
+    tool = _load_tool('tools/analysis/layer_importance.py')
+    tool.main([BASELINE, trained, '--out-dir', str(tmp_path), '--batches',
+               '2', '--batch-size', '16', '--val-batches', '1',
+               '--cfg-options',
+               f'train_dataloader.dataset.data_root={tiny_fmnist}',
+               f'val_dataloader.dataset.data_root={tiny_fmnist}'])
+    with open(tmp_path / 'layer_importance.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9
+    assert {'block_cka', 'block_cosine', 'block_weight_norm',
+            'top1_drop_removed', 'reason', 'flops'} <= set(rows[0])
+    assert sum(r['removable'] == 'True' for r in rows) == 7
+    assert all(r['reason'] for r in rows if r['removable'] == 'False')
+    assert (tmp_path / 'layer_importance.png').stat().st_size > 1000
+
+
+def _algo(randomise=True, metric_override=None, **kwargs):
+    from mmengine.config import Config
+
+    from mmrazor_ext.algorithms import LayerFusion
+    from mmrazor_ext.registry import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(BASELINE)
+    torch.manual_seed(0)
+    algo = LayerFusion(cfg.model, input_shape=(1, 1, 28, 28),
+                       data_preprocessor=cfg.data_preprocessor,
+                       metric=metric_override or 'block_weight_norm',
+                       **kwargs)
+    if randomise:
+        _randomise_bn(algo.architecture)
+    return algo
+
+
+def test_layer_fusion_flops_target_keep_shortcut_and_state_round_trip():
+    algo = _algo(target=dict(mode='flops', ratio=0.6),
+                 removal_mode='keep_shortcut')
+    total = algo.complexity()['flops']
+    removed = algo.prune([])  # weight metric: no batches needed
+    assert 'backbone.layer2.0' in algo.report['removable_blocks']
+    left = algo.complexity()['flops']
+    assert left <= 0.6 * total
+    # greedy: without the last removed block the target was not yet met
+    from mmrazor_ext.algorithms import block_flops
+    base = _algo()
+    saved = block_flops(base.architecture, base.blocks(), X, 'keep_shortcut')
+    assert left + saved[removed[-1]] > 0.6 * total
+    # a fresh algorithm restores the same structure from the state dict
+    state = algo.state_dict()
+    fresh = _algo(target=dict(mode='flops', ratio=0.6),
+                  removal_mode='keep_shortcut')
+    fresh.load_state_dict(state)  # strict
+    assert fresh.removed == removed
+    x = torch.randn(2, 1, 28, 28)
+    algo.eval()
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), algo(x))
+
+
+def test_layer_fusion_depth_then_width():
+    algo = _algo(target=dict(mode='num_blocks', num=3),
+                 channel_pruning=dict(metric='l1', target=dict(
+                     mode='flops', ratio=0.7, sampling='global')))
+    algo.prune([])
+    depth = algo.report['flops_after_depth']
+    small = algo.export_model()
+    flops = algo.complexity(small)['flops']
+    assert abs(flops / depth - 0.7) <= 0.01
+    assert len(algo.removed) == 3
+    state = algo.state_dict()
+    assert state['_extra_state']['channel_subnet']
+    fresh = _algo(target=dict(mode='num_blocks', num=3),
+                  channel_pruning=dict(metric='l1', target=dict(
+                      mode='flops', ratio=0.7, sampling='global')))
+    fresh.load_state_dict(state)
+    assert fresh.complexity(fresh.export_model())['flops'] == flops
+
+
+def test_layer_fusion_distils_from_the_original():
+    from mmpretrain.structures import DataSample
+    algo = _algo(target=dict(mode='num_blocks', num=2),
+                 distill=dict(weight=2.0, temperature=3.0))
+    x = torch.randn(4, 1, 28, 28)
+    samples = [DataSample().set_gt_label(i) for i in range(4)]
+    assert 'loss_kd' not in algo(x, samples, 'loss')  # nothing removed yet
+    algo.prune([])
+    losses = algo(x, samples, 'loss')
+    kd = losses['loss_kd']
+    assert torch.isfinite(kd) and float(kd) > 0  # student != teacher now
+    sum(losses.values()).backward()
+    assert algo.architecture.head.fc.weight.grad is not None
+    # the teacher is frozen and outside the module tree / checkpoint
+    assert all(p.grad is None for p in algo._teacher.parameters())
+    n_teacher = sum(1 for _ in algo._teacher.parameters())
+    assert sum(1 for _ in algo.parameters()) < 2 * n_teacher
+    assert not any('teacher' in k for k in algo.state_dict())
+    with pytest.raises(ValueError, match='distill.temperature'):
+        _algo(distill=dict(temperature=0))
+
+
+def test_init_checkpoint_survives_runner_init_weights(tmp_path):
+    # mmengine's Runner calls model.init_weights() after building the model;
+    # it must not overwrite the trained weights of init_checkpoint.
+    state = {k: v + 0.5 if v.is_floating_point() else v
+             for k, v in _algo().architecture.state_dict().items()}
+    ckpt = str(tmp_path / 'init.pth')
+    torch.save({'state_dict': state}, ckpt)
+    loaded = _algo(randomise=False, init_checkpoint=ckpt)
+    loaded.init_weights()
+    for k, v in loaded.architecture.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_bad_fusion_target():
+    from mmrazor_ext.algorithms import LayerFusion
+    with pytest.raises(ValueError, match='target.mode'):
+        LayerFusion._check_target(dict(mode='depth'))
+    with pytest.raises(ValueError, match='target.ratio'):
+        LayerFusion._check_target(dict(mode='flops', ratio=1.5))
+    with pytest.raises(ValueError, match='target.num'):
+        LayerFusion._check_target(dict(mode='num_blocks', num=-1))
+    with pytest.raises(KeyError, match='block_cka'):  # a channel metric
+        _algo(metric_override='l1')
