@@ -1,3 +1,5 @@
+from .coco_detection import CocoDetectionTV
 from .offline import CIFAR10, DatasetNotFoundError, FashionMNIST, ImageNet
 
-__all__ = ['CIFAR10', 'FashionMNIST', 'ImageNet', 'DatasetNotFoundError']
+__all__ = ['CIFAR10', 'CocoDetectionTV', 'DatasetNotFoundError', 'FashionMNIST',
+           'ImageNet']

@@ -1,0 +1,3 @@
+from .torchvision_detector import TorchvisionDetector
+
+__all__ = ['TorchvisionDetector']

@@ -1,0 +1,86 @@
+"""``build_sparse_scheduler``: the MSBench entry point."""
+from typing import Any
+
+from mmrazor_ext.registry import FAKE_SPARSES, MASK_GENERATORS, SPARSE_SCHEDULERS
+
+from .config import (
+    TOP_LEVEL_KEYS,
+    SparsityConfigError,
+    _type_names,
+    _type_ok,
+    check_component,
+    validate_kwargs,
+)
+from .fake_sparse import FakeSparse
+
+
+def _lookup(registry, name: str, where: str, base=None):
+    cls = registry.get(name) if isinstance(name, str) else None
+    if cls is None or (base is not None and not issubclass(cls, base)):
+        known = sorted(k for k, v in registry.module_dict.items()
+                       if base is None or (isinstance(v, type) and issubclass(v, base)))
+        raise SparsityConfigError(
+            f'{where}: unknown type {name!r}; registered: {", ".join(known)}')
+    return cls
+
+
+def build_sparse_scheduler(sparsity_config: dict[str, Any]):
+    """Build a sparse scheduler from the MSBench-style config dict.
+
+    Args:
+        sparsity_config: ``dict(scheduler=dict(type, kwargs),
+            mask_generator=dict(type, kwargs), fake_sparse=dict(type, kwargs),
+            leaf_module=[...])``; ``mask_generator`` / ``fake_sparse`` default
+            to what the scheduler needs.
+
+    Returns:
+        A scheduler instance; call ``prepare_sparse_model(model)`` next.
+
+    Raises:
+        SparsityConfigError: Unknown key, wrong type or invalid value; the
+            message names the key (e.g. ``scheduler.kwargs.sparsity_table``).
+    """
+    if not isinstance(sparsity_config, dict):
+        raise SparsityConfigError(
+            f'sparsity_config: must be a dict, got {type(sparsity_config).__name__}')
+    for key, value in sparsity_config.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise SparsityConfigError(
+                f'{key}: unknown key in sparsity_config; allowed keys: '
+                f'{", ".join(TOP_LEVEL_KEYS)}')
+        if not _type_ok(value, TOP_LEVEL_KEYS[key]):
+            raise SparsityConfigError(
+                f'{key}: expected {_type_names(TOP_LEVEL_KEYS[key])}, got '
+                f'{type(value).__name__}')
+    if 'scheduler' not in sparsity_config:
+        raise SparsityConfigError('scheduler: missing from sparsity_config')
+
+    sched_type, sched_kwargs = check_component(sparsity_config['scheduler'],
+                                               'scheduler')
+    sched_cls = _lookup(SPARSE_SCHEDULERS, sched_type, 'scheduler.type')
+    # Validate before building so the message carries the config path.
+    validate_kwargs(sched_kwargs, sched_cls.ARGS, 'scheduler.kwargs',
+                    sched_cls.__name__)
+
+    gen_cfg = sparsity_config.get(
+        'mask_generator', {'type': sched_cls.default_mask_generator})
+    gen_type, gen_kwargs = check_component(gen_cfg, 'mask_generator')
+    gen_cls = _lookup(MASK_GENERATORS, gen_type, 'mask_generator.type')
+    gen_kwargs = validate_kwargs(gen_kwargs, gen_cls.ARGS,
+                                 'mask_generator.kwargs', gen_cls.__name__)
+
+    fs_cfg = sparsity_config.get(
+        'fake_sparse', {'type': sched_cls.default_fake_sparse})
+    fs_type, fs_kwargs = check_component(fs_cfg, 'fake_sparse')
+    fs_cls = _lookup(FAKE_SPARSES, fs_type, 'fake_sparse.type', FakeSparse)
+    fs_kwargs = validate_kwargs(fs_kwargs, fs_cls.ARGS, 'fake_sparse.kwargs',
+                                fs_cls.__name__)
+    if fs_cls.__name__ not in gen_cls.fake_sparse_types:
+        raise SparsityConfigError(
+            f'fake_sparse.type: {gen_cls.__name__} works with '
+            f'{gen_cls.fake_sparse_types}, got {fs_cls.__name__}')
+
+    leaf = sparsity_config.get('leaf_module') or []
+    return sched_cls(mask_generator=gen_cls(**gen_kwargs),
+                     fake_sparse=(fs_cls, fs_kwargs), leaf_module=leaf,
+                     **sched_kwargs)

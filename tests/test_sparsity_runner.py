@@ -1,0 +1,185 @@
+"""SparsityHook through tools/train.py: stages, stage checkpoints, analysis
+files, ``--resume`` mid-stage (Amba masks / stage, STR thresholds) and the
+torchvision detection example."""
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, run_tool
+
+TRAIN = [sys.executable, os.path.join(ROOT, 'tools', 'train.py')]
+
+
+def data_opts(root):
+    opts = ['--cfg-options']
+    for split in ('train', 'val', 'test'):
+        opts += [f'{split}_dataloader.dataset.data_root={root}',
+                 f'{split}_dataloader.num_workers=0',
+                 f'{split}_dataloader.persistent_workers=False']
+    return opts + ['train_dataloader.batch_size=8']
+
+
+def iter_config(tmp_path, base, max_iters, stage_len, ckpt_interval, extra=''):
+    """A config running ``base`` for ``max_iters`` iterations (IterBased, so a
+    resume continues with exactly the same batches)."""
+    path = tmp_path / f'{os.path.basename(base)[:-3]}_iters.py'
+    path.write_text(f"""
+_base_ = [{os.path.join(ROOT, base)!r}]
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={max_iters},
+                 val_interval=10000)
+param_scheduler = dict(_delete_=True, type='OneCycleLR', eta_max=0.05,
+                       pct_start=0.5, by_epoch=False, begin=0, end={stage_len})
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval={ckpt_interval},
+                                     save_best=None, max_keep_ckpts=5),
+                     logger=dict(interval=1))
+{extra}
+""")
+    return str(path)
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def masks(state_dict):
+    return {k: v for k, v in state_dict.items()
+            if k.endswith('weight_fake_sparse.mask')}
+
+
+def test_amba_hook_stages_and_resume_mid_stage(tiny_fmnist, tmp_path):
+    cfg = iter_config(tmp_path, 'configs/sparsity/amba_resnet20_1xb128_fashionmnist.py',
+                      max_iters=12, stage_len=4, ckpt_interval=6)
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    run_tool(TRAIN + [cfg, '--work-dir', str(a)] + data_opts(tiny_fmnist))
+    for s in (30, 50, 70):
+        ckpt = load(a / 'sparse_ckpts' / f'global_sparse_rate_{s}.pth.tar')
+        assert abs(ckpt['global_sparsity'] - s / 100) <= 0.015
+        assert len(masks(ckpt['state_dict'])) == 22  # every conv + fc
+    # Analysis files (do_sparse_analysis=True in the config).
+    desire = (a / 'sparse_analysis' / 'desrie_prun_table.txt').read_text()
+    assert desire.splitlines()[0] == 'layer\tsparsity_30\tsparsity_50\tsparsity_70'
+    assert (a / 'sparse_analysis' / 'dict_prun_table.txt').exists()
+
+    # Runner checkpoints hold mmengine objects: trusted, our own files.
+    mid = torch.load(a / 'iter_6.pth', map_location='cpu', weights_only=False)
+    state = mid['sparsity']['state']
+    assert state['applied_stage'] == 1 and state['cur_iter'] == 6
+    assert state['saved_stages'] == [0]
+
+    # Resume in a new work dir from the mid-stage checkpoint.
+    proc = run_tool(TRAIN + [cfg, '--work-dir', str(b), '--resume',
+                             str(a / 'iter_6.pth')] + data_opts(tiny_fmnist))
+    assert 'SparsityHook: resumed' in proc.stdout + proc.stderr
+    # Stage 0 is not redone, stages 1-2 are finished and saved.
+    assert sorted(os.listdir(b / 'sparse_ckpts')) == [
+        'global_sparse_rate_50.pth.tar', 'global_sparse_rate_70.pth.tar']
+    # Stage-1 masks are the ones of the checkpoint (not recomputed).
+    m_mid = masks(mid['state_dict'])
+    b50 = load(b / 'sparse_ckpts' / 'global_sparse_rate_50.pth.tar')
+    m_b50 = masks(b50['state_dict'])
+    assert all(torch.equal(m_mid[k], m_b50[k]) for k in m_mid)
+    # Evaluating a stage checkpoint (train_sparse.sh -e): masks load with it.
+    proc = run_tool([os.path.join(ROOT, 'tools', 'train_sparse.sh'), cfg, '1', '-e',
+                     str(a / 'sparse_ckpts' / 'global_sparse_rate_70.pth.tar'),
+                     '--work-dir', str(tmp_path / 'ev')] + data_opts(tiny_fmnist))
+    log = proc.stdout + proc.stderr
+    assert 'Epoch(test)' in log and 'accuracy/top1' in log
+    assert 'missing keys' not in log and 'unexpected key' not in log
+    # The resumed run ends exactly where the uninterrupted one did.
+    end_a = torch.load(a / 'iter_12.pth', map_location='cpu', weights_only=False)
+    end_b = torch.load(b / 'iter_12.pth', map_location='cpu', weights_only=False)
+    for k, v in end_a['state_dict'].items():
+        assert torch.allclose(v.float(), end_b['state_dict'][k].float(), atol=1e-6), k
+
+
+def test_str_hook_thresholds_survive_resume(tiny_fmnist, tmp_path):
+    cfg = iter_config(tmp_path, 'configs/sparsity/str_resnet20_1xb128_fashionmnist.py',
+                      max_iters=6, stage_len=6, ckpt_interval=3,
+                      extra='optim_wrapper = dict(optimizer=dict(lr=0.2, '
+                            'weight_decay=0.05))')
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    run_tool(TRAIN + [cfg, '--work-dir', str(a)] + data_opts(tiny_fmnist))
+    mid = torch.load(a / 'iter_3.pth', map_location='cpu', weights_only=False)
+    s_keys = [k for k in mid['state_dict'] if k.endswith('weight_fake_sparse.s')]
+    assert len(s_keys) == 22
+    # The thresholds were given to the optimizer and trained.
+    assert len(mid['optimizer']['param_groups']) == 2
+    assert any(float(mid['state_dict'][k]) != -5.0 for k in s_keys)
+    run_tool(TRAIN + [cfg, '--work-dir', str(b), '--resume',
+                      str(a / 'iter_3.pth')] + data_opts(tiny_fmnist))
+    end_a = torch.load(a / 'iter_6.pth', map_location='cpu', weights_only=False)
+    end_b = torch.load(b / 'iter_6.pth', map_location='cpu', weights_only=False)
+    for k in s_keys + [k for k in end_a['state_dict'] if k.endswith('.mask')]:
+        assert torch.allclose(end_a['state_dict'][k].float(),
+                              end_b['state_dict'][k].float(), atol=1e-6), k
+
+
+def make_coco(root, n=4, size=64, classes=('cat', 'dog', 'car')):
+    """Synthetic COCO-format detection data: coloured boxes on noise."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
+    os.makedirs(os.path.join(root, 'images'), exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+        for _ in range(2):
+            x, y = rng.integers(0, size // 2, size=2)
+            w, h = rng.integers(8, size // 2, size=2)
+            c = int(rng.integers(0, len(classes)))
+            img[y:y + h, x:x + w] = 80 * (c + 1)
+            anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=c + 1,
+                             bbox=[int(x), int(y), int(w), int(h)], area=int(w * h),
+                             iscrowd=0))
+        name = f'{i:06d}.png'
+        Image.fromarray(img).save(os.path.join(root, 'images', name))
+        images.append(dict(id=i + 1, file_name=name, width=size, height=size))
+    cats = [dict(id=i + 1, name=c) for i, c in enumerate(classes)]
+    with open(os.path.join(root, 'annotations', 'train.json'), 'w') as f:
+        json.dump(dict(images=images, annotations=anns, categories=cats), f)
+    return root
+
+
+@pytest.mark.slow
+def test_detection_example_two_iterations(tmp_path):
+    data = make_coco(str(tmp_path / 'coco'))
+    cfg = tmp_path / 'det.py'
+    base = os.path.join(ROOT, 'configs/sparsity/amba_retinanet-r18-fpn_1xb2_coco.py')
+    cfg.write_text(f"""
+_base_ = [{base!r}]
+model = dict(num_classes=3, min_size=64, max_size=64)
+train_dataloader = dict(num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root={data!r},
+                                     ann_file='annotations/train.json',
+                                     img_dir='images'))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2)
+param_scheduler = dict(_delete_=True, type='ConstantLR', factor=1.0, by_epoch=False)
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1000),
+                     logger=dict(interval=1))
+sparsity_config = dict(
+    scheduler=dict(type='AmbaLevelPruneScheduler', kwargs=dict(
+        sparsity_table=[50], default_input_shape=[1, 3, 64, 64],
+        do_sparse_analysis=True)),
+    leaf_module=['FrozenBatchNorm2d'])
+custom_hooks = [dict(type='SparsityHook', sparsity_config=sparsity_config)]
+""")
+    work = tmp_path / 'work'
+    proc = run_tool(TRAIN + [str(cfg), '--work-dir', str(work)])
+    log = proc.stdout + proc.stderr
+    assert re.search(r'\(train\).*\[2/2\].*loss_classification', log)
+    ckpt = load(work / 'sparse_ckpts' / 'global_sparse_rate_50.pth.tar')
+    assert abs(ckpt['global_sparsity'] - 0.5) <= 0.015
+    m = masks(ckpt['state_dict'])
+    prefixes = ('detector.backbone.body.', 'detector.backbone.fpn.',
+                'detector.head.classification_head.', 'detector.head.regression_head.')
+    for p in prefixes:  # backbone, FPN and both heads are sparsified
+        assert any(k.startswith(p) for k in m), p
+    # The stored weights times the masks are sparse; the model still trains.
+    zeros = sum(int((~v).sum()) for v in m.values())
+    total = sum(v.numel() for v in m.values())
+    assert abs(zeros / total - 0.5) <= 0.015
