@@ -92,7 +92,10 @@ def main(argv=None) -> int:
     p.add_argument('--flops-ratio', type=float, default=0.5,
                    help='kept FLOPs fraction (0.5 = 2x fewer MACs)')
     p.add_argument('--mode', default='uniform', choices=['uniform', 'global'])
-    p.add_argument('--divisor', type=int, default=1)
+    # oneDNN's CPU convolutions work on 8/16-channel blocks: unaligned
+    # widths run far below their FLOPs (measured on ResNet-56: speed-up /
+    # FLOPs reduction 0.58 with divisor 1, 1.00 with divisor 8).
+    p.add_argument('--divisor', type=int, default=8)
     p.add_argument('--batch', type=int, default=64)
     p.add_argument('--repeats', type=int, default=30,
                    help='timed runs per model (0: skip latency)')
