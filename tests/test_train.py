@@ -118,6 +118,9 @@ def test_demo_runs_on_tiny_data(tmp_path, tiny_fmnist):
     assert abs(results['flops_reduction'] - 2.0) < 0.05
     assert results['pruned']['params'] < results['dense']['params']
     assert results['pruned']['latency_ms_b64'] > 0
+    for key in ('heatmap', 'kept_ratio'):
+        assert open(results['plots'][key], 'rb').read(4) == b'\x89PNG'
+    assert 'CDP plots:' in proc.stdout
     # A second run reuses the checkpoint instead of training again.
     proc = run_tool([PY, 'tools/demo.py', '--epochs', '1', '--work-dir',
                      str(tmp_path), '--cfg-options', *opts])

@@ -5,7 +5,8 @@
 2. CDP one-shot prunes it to ``--flops-ratio`` of its FLOPs (BN statistics
    recalibrated), fine-tunes, and exports the physically smaller model;
 3. rebuilds the pruned model from ``subnet.json`` and prints one table:
-   MACs, params, CPU latency and test top-1 of dense vs pruned.
+   MACs, params, CPU latency and test top-1 of dense vs pruned, plus the
+   paths of the CDP score plots of the baseline (``cdp_vis/``).
 
 Numbers go to ``work_dirs/demo/results.json``; finished stages are reused
 unless ``--retrain`` is given.
@@ -127,6 +128,17 @@ def latency_ms(baseline: str, report: dict) -> tuple[float, float]:
             1e3 * measure_latency(small, x, warmup=5, repeats=30))
 
 
+def cdp_plots(args, baseline: str) -> dict:
+    """CDP score heat-map and kept-ratio chart of the dense baseline."""
+    from tools.visualization.visualize_cdp import main as visualize
+    argv = [CONFIG, baseline, '--out-dir', osp.join(args.work_dir, 'cdp_vis'),
+            '--batches', '20', '--flops-ratio', str(args.flops_ratio)]
+    if args.cfg_options:
+        argv += ['--cfg-options', *args.cfg_options]
+    res = visualize(argv)
+    return {k: res[k] for k in ('heatmap', 'kept_ratio', 'csv')}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, default=1,
@@ -144,6 +156,7 @@ def main(argv=None) -> dict:
     baseline, train_s = train_baseline(args)
     report, prune_s = prune_finetune(args, baseline)
     dense_ms, small_ms = latency_ms(baseline, report)
+    plots = cdp_plots(args, baseline)
     flops_x = report['flops_before'] / report['flops_after']
     results = {
         'model': 'ResNet-20 (CIFAR layout, 1 input channel)',
@@ -169,6 +182,7 @@ def main(argv=None) -> dict:
         'total_seconds': round(time.time() - t0, 1),
         'torch_threads': torch.get_num_threads(),
         'report': osp.join(args.work_dir, 'cdp_pruned', 'report.json'),
+        'plots': plots,
     }
     write_json(osp.join(args.work_dir, 'results.json'), results)
     d, p = results['dense'], results['pruned']
@@ -185,6 +199,8 @@ def main(argv=None) -> dict:
           f"{p['top1_after_bn_recalibration']:.2f} %")
     print(f"results: {osp.join(args.work_dir, 'results.json')}; pruned "
           f"model: {report['pruned_model']}")
+    print(f"CDP plots: {plots['heatmap']}, {plots['kept_ratio']} "
+          f"(scores: {plots['csv']})")
     return results
 
 
