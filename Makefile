@@ -31,7 +31,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # pytest exits 5 when it collected nothing: that is a failure here.
+# The first mmengine import makes yapf write its grammar cache; doing it once
+# here stops two xdist workers from racing on a half-written cache file.
 test: setup lint
+	@$(PY) -c 'import mmengine, mmpretrain' 2>/dev/null
 	@OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(JOBS) -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
