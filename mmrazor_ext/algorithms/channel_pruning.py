@@ -16,10 +16,9 @@ from collections.abc import Iterable
 
 import torch
 from mmengine.logging import print_log
-from mmengine.model import BaseModel
 from torch import nn
 
-from mmrazor_ext.engine.checkpoint import safe_load
+from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
 from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.metrics import (
@@ -42,7 +41,7 @@ def _write_json(path: str, data) -> None:
 
 
 @MODELS.register_module()
-class OneShotPruning(BaseModel):
+class OneShotPruning(ArchitectureAlgorithm):
     """Score channels once, mask them, fine-tune, export.
 
     Args:
@@ -76,16 +75,8 @@ class OneShotPruning(BaseModel):
                  bn_recalib_batches: int = 20,
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None):
-        if isinstance(architecture, dict):
-            # One preprocessor for both, so the exported copy normalises
-            # inputs exactly as the algorithm did.
-            architecture = dict(architecture)
-            if data_preprocessor is not None:
-                architecture.setdefault('data_preprocessor', data_preprocessor)
-            architecture = MODELS.build(architecture)
-        super().__init__(data_preprocessor=architecture.data_preprocessor,
-                         init_cfg=init_cfg)
-        self.architecture = architecture
+        super().__init__(architecture, init_checkpoint, data_preprocessor,
+                         init_cfg)
         self.target = self._check_target(target or dict(mode='flops',
                                                         ratio=0.5))
         self.metric = metric if isinstance(metric, dict) else dict(type=metric)
@@ -96,12 +87,6 @@ class OneShotPruning(BaseModel):
         self.metric_batches = int(metric_batches)
         self.cdp_by = cdp_by
         self.bn_recalib_batches = int(bn_recalib_batches)
-        self.init_checkpoint = init_checkpoint
-        if init_checkpoint:
-            state = safe_load(init_checkpoint)
-            state = state.get('state_dict', state)
-            self.architecture.load_state_dict(state)
-            print_log(f'loaded {init_checkpoint}', logger='current')
         self.example_inputs = torch.randn(*tuple(input_shape))
         self.pruner = ChannelPruner(self.architecture, self.example_inputs,
                                     **(pruner or {}))
@@ -133,17 +118,6 @@ class OneShotPruning(BaseModel):
         return target
 
     # -- mmengine model API -----------------------------------------------------------
-    def init_weights(self) -> None:
-        # The Runner calls init_weights() after building the model; that
-        # would re-initialise the architecture from its init_cfg and discard
-        # the trained init_checkpoint loaded in __init__.
-        if self.init_checkpoint:
-            return
-        super().init_weights()
-
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
-        return self.architecture(inputs, data_samples, mode)
-
     @property
     def subnet(self):
         return self.pruner.subnet

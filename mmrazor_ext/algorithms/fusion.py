@@ -29,9 +29,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmengine.model import BaseModel
 from torch import nn
 
+from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
 from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
 from mmrazor_ext.estimators import get_model_complexity
@@ -112,7 +112,7 @@ def select_blocks(scores: dict[str, float], candidates: list[str],
 
 
 @MODELS.register_module()
-class LayerFusion(BaseModel):
+class LayerFusion(ArchitectureAlgorithm):
     """Score residual blocks, remove the weakest, fine-tune, export.
 
     Args:
@@ -160,14 +160,8 @@ class LayerFusion(BaseModel):
                  leaf_modules: Iterable[type | str] = (),
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None):
-        if isinstance(architecture, dict):
-            architecture = dict(architecture)
-            if data_preprocessor is not None:
-                architecture.setdefault('data_preprocessor', data_preprocessor)
-            architecture = MODELS.build(architecture)
-        super().__init__(data_preprocessor=architecture.data_preprocessor,
-                         init_cfg=init_cfg)
-        self.architecture = architecture
+        super().__init__(architecture, init_checkpoint, data_preprocessor,
+                         init_cfg)
         self.metric = metric if isinstance(metric, dict) else dict(type=metric)
         cls = METRICS.get(self.metric['type'])
         if cls is None or not issubclass(cls, LayerMetric):
@@ -188,12 +182,6 @@ class LayerFusion(BaseModel):
         self.metric_batches = int(metric_batches)
         self.bn_recalib_batches = int(bn_recalib_batches)
         self.leaf_modules = tuple(leaf_modules)
-        self.init_checkpoint = init_checkpoint
-        if init_checkpoint:
-            state = safe_load(init_checkpoint)
-            state = state.get('state_dict', state)
-            self.architecture.load_state_dict(state)
-            print_log(f'loaded {init_checkpoint}', logger='current')
         self.distill = self._check_distill(distill)
         # A frozen copy of the original, outside the module tree (not in the
         # optimizer or checkpoints).
@@ -230,14 +218,6 @@ class LayerFusion(BaseModel):
                                  f'{ratio!r}')
         target['mode'] = mode
         return target
-
-    def init_weights(self) -> None:
-        # The Runner calls init_weights() after building the model, which
-        # would re-initialise the architecture from its init_cfg and
-        # silently discard the trained init_checkpoint loaded above.
-        if self.init_checkpoint:
-            return
-        super().init_weights()
 
     @staticmethod
     def _check_distill(distill: dict | None) -> dict | None:
