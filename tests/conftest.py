@@ -39,6 +39,27 @@ def make_fmnist(root: str, n_train: int = 64, n_test: int = 32,
     return root
 
 
+def make_cifar10(root: str, n_per_batch: int = 16, seed: int = 0) -> str:
+    """A CIFAR-10 python-format root (5 train batches + test batch of
+    ``n_per_batch`` images); load it with ``verify_md5=False``."""
+    import pickle
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder, exist_ok=True)
+    names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+    for name in names:
+        labels = rng.integers(0, 10, size=n_per_batch)
+        data = rng.integers(0, 60, size=(n_per_batch, 3, 32, 32))
+        for i, y in enumerate(labels):
+            data[i, :, 3 * y:3 * y + 3, :] = 220
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'data': data.reshape(n_per_batch, -1).astype(
+                np.uint8), 'labels': labels.tolist()}, f)
+    with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
+        pickle.dump({'label_names': [f'c{i}' for i in range(10)]}, f)
+    return root
+
+
 @pytest.fixture(scope='session')
 def tiny_fmnist(tmp_path_factory) -> str:
     """A data root with 64 train / 32 test images in Fashion-MNIST format."""

@@ -41,8 +41,21 @@ def test_config_loads(path):
     assert isinstance(cfg, Config)
 
 
+def _make_subnet(cfg, model_cfg, shape, tmp_path) -> str:
+    """A 50 %-uniform subnet JSON of the config's architecture (subnet
+    configs point at search outputs under work_dirs/)."""
+    from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.registry import MODELS
+    arch = dict(model_cfg['architecture'])
+    if 'data_preprocessor' in cfg and 'data_preprocessor' not in arch:
+        arch['data_preprocessor'] = cfg.data_preprocessor
+    pruner = ChannelPruner(MODELS.build(arch).eval(), torch.randn(shape))
+    pruner.set_subnet(pruner.sample_subnet_uniform(0.5))
+    return pruner.save_subnet(str(tmp_path / 'subnet.json'), weights=False)
+
+
 @pytest.mark.parametrize('path', TOP_CONFIGS, ids=_rel)
-def test_config_model_forward(path):
+def test_config_model_forward(path, tmp_path):
     from mmrazor_ext.registry import MODELS
     cfg = Config.fromfile(path)
     assert cfg.default_scope == 'mmrazor_ext'
@@ -52,11 +65,15 @@ def test_config_model_forward(path):
         model_cfg['init_checkpoint'] = None
     if 'data_preprocessor' in cfg and 'data_preprocessor' not in model_cfg:
         model_cfg['data_preprocessor'] = cfg.data_preprocessor
-    model = MODELS.build(model_cfg)
-    model.eval()
     dataset_type = cfg.train_dataloader.dataset.type
     size = SIZES.get(dataset_type.split('.')[-1], 32)
     channels = len(cfg.get('data_preprocessor', {}).get('mean', [0, 0, 0]))
+    if model_cfg.get('type') == 'SubnetModel':
+        model_cfg['subnet'] = _make_subnet(cfg, model_cfg,
+                                           (1, channels, size, size),
+                                           tmp_path)
+    model = MODELS.build(model_cfg)
+    model.eval()
     x = torch.randn(2, channels, size, size)
     with torch.no_grad():
         out = model(x, mode='tensor')

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_non_removable_block_raises_with_reason(resnet20, blocks20):
 
 def test_keep_shortcut_drops_branch_only(resnet20, blocks20):
     from mmrazor_ext.estimators import get_model_complexity
-    from mmrazor_ext.graph import remove_blocks
+    from mmrazor_ext.graph import find_blocks, remove_blocks
     name = 'backbone.layer2.0'
     small = remove_blocks(resnet20, [name], blocks20, mode='keep_shortcut')
     block = resnet20.backbone.layer2[0]
@@ -111,6 +112,13 @@ def test_keep_shortcut_drops_branch_only(resnet20, blocks20):
     info = blocks20.blocks[name]
     assert before - after == _removed_flops(
         resnet20, [name], skip=set(info.shortcut_modules))
+    # in place, the kept shortcut keeps its Parameter objects (so an
+    # optimizer built before the cut still trains them)
+    model = copy.deepcopy(resnet20)
+    params = set(map(id, model.get_submodule(name).downsample.parameters()))
+    remove_blocks(model, [name], find_blocks(model, X), mode='keep_shortcut',
+                  inplace=True)
+    assert set(map(id, model.get_submodule(name).parameters())) == params
 
 
 def test_image_classifier_from_config():
@@ -195,6 +203,212 @@ def test_blocks_need_an_identity_shortcut():
     with torch.no_grad():
         torch.testing.assert_close(
             small.a(x), torch.nn.functional.avg_pool2d(x, 3, 1, 1))
+
+
+# -- block merging --------------------------------------------------------------------
+class _LinBlock(nn.Module):
+    """3x3 grouped conv -> BN -> ReLU -> 1x1 conv -> BN, + x, ReLU: only the
+    first conv is padded, so the merge is exact on every pixel."""
+
+    def __init__(self, c=4, mid=6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, mid, 3, padding=1, groups=2)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid, c, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        return torch.relu(x + self.drop(y))
+
+
+class _LinNet(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = block
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_merge_is_exact_for_a_linear_branch():
+    from mmrazor_ext.graph import (
+        MergeMeter,
+        check_equivalence,
+        find_blocks,
+        find_mergeable,
+        merge_blocks,
+    )
+    torch.manual_seed(0)
+    model = _randomise_bn(_LinNet(_LinBlock())).eval()
+    bn1 = model.block.bn1
+    bn1.weight.data.fill_(0.1)
+    bn1.bias.data.fill_(30.0)  # pre-activations > 0: the ReLU never acts
+    x = torch.randn(4, 3, 9, 9)
+    blocks = find_blocks(model, x[:1])
+    info = find_mergeable(blocks)['block']
+    assert info.mergeable and info.exact
+    assert info.kernel_size == (3, 3) and info.padding == (1, 1)
+    meter = MergeMeter(model, blocks)
+    meter.update(x)
+    st = meter.statistics()['block']
+    assert st['changed'] == 0 and st['nonlinearity'] == 0
+    assert st['merge_error'] <= 1e-5
+    merged = merge_blocks(model, ['block'], blocks)
+    assert merged.block.merged_conv.groups == 1  # grouped conv expanded
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in merged.modules())
+    rep = check_equivalence(model, merged, (x,))
+    assert rep['rel_diff'] <= 1e-5, rep
+    # with an active ReLU the same rule measures a real error
+    bn1.bias.data.fill_(0.0)
+    bn1.weight.data.fill_(1.0)
+    meter = MergeMeter(model, find_blocks(model, x[:1]))
+    meter.update(x)
+    st = meter.statistics()['block']
+    assert 0.2 < st['changed'] < 0.8 and st['merge_error'] > 0.1
+
+
+def test_merged_basic_block_matches_in_the_interior(resnet20):
+    """3x3 o 3x3 -> 5x5: exact where no intermediate zero padding is read
+    (documented: the 1-pixel output ring differs)."""
+    from mmrazor_ext.graph import find_blocks, find_mergeable, merge_blocks
+    model = copy.deepcopy(resnet20)
+    name = 'backbone.layer1.1'
+    block = model.get_submodule(name)
+    block.norm1.bias.data.fill_(20.0)  # intermediate ReLU inactive
+    blocks = find_blocks(model, X)
+    info = find_mergeable(blocks)[name]
+    assert info.mergeable and not info.exact
+    assert info.kernel_size == (5, 5) and info.padding == (2, 2)
+    w, ref = block.conv1.weight, copy.deepcopy(block)
+    merged = merge_blocks(model, [name], blocks, inplace=True)
+    new = merged.get_submodule(name)
+    # in place: reused Parameter objects (an optimizer keeps training them)
+    assert new.merged_conv.weight is w and w.shape == (16, 16, 5, 5)
+    assert new.merged_conv.bias is block.norm2.bias
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        want, got = ref(x), new(x)
+    scale = float(want.abs().max())
+    inner = (want - got)[..., 1:-1, 1:-1].abs().max() / scale
+    assert inner <= 1e-5
+    assert (want - got).abs().max() / scale > 1e-3  # the border ring
+
+
+def test_merge_flops_and_reasons(resnet20, blocks20):
+    from mmrazor_ext.algorithms import merge_flops_delta
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.graph import find_mergeable, merge_blocks
+    infos = find_mergeable(blocks20)
+    assert [n for n, i in infos.items() if i.mergeable] == blocks20.removable
+    assert infos['backbone.layer2.0'].reason.startswith(
+        'not removable: projection shortcut')
+    names = ['backbone.layer1.2', 'backbone.layer3.1']
+    delta = merge_flops_delta(resnet20, blocks20, names)
+    for n, (c, hw) in zip(names, ((16, 784), (64, 49))):
+        # 5x5 conv replaces two 3x3 convs and two BNs
+        assert delta[n] == 25 * c * c * hw - 18 * c * c * hw - 2 * c * hw
+    small = merge_blocks(resnet20, names, blocks20)
+    before = get_model_complexity(resnet20, X)['flops']
+    assert get_model_complexity(small, X)['flops'] - before == \
+        sum(delta.values())
+    with pytest.raises(ValueError, match='cannot be merged: not removable'):
+        merge_blocks(resnet20, ['backbone.layer3.0'], blocks20)
+
+
+class _Odd(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a = nn.Conv2d(4, 4 if kind != 'cat' else 2, 3, padding=2,
+                           dilation=2 if kind == 'dilated' else 1)
+        if kind != 'dilated':
+            self.a.padding = (1, 1)
+        self.b = nn.Conv2d(4, 2, 1)
+        self.pool = nn.MaxPool2d(3, 1, 1)
+
+    def forward(self, x):
+        if self.kind == 'cat':
+            return x + torch.cat([self.a(x), self.b(x)], 1)
+        if self.kind == 'pool':
+            return x + self.pool(self.a(x))
+        return x + self.a(x)
+
+
+@pytest.mark.parametrize('kind,reason', [
+    ('dilated', r'dilation \(2, 2\)'), ('pool', 'unsupported op.*MaxPool2d'),
+    ('cat', 'branch is not a chain')])
+def test_non_mergeable_blocks_have_reasons(kind, reason):
+    from mmrazor_ext.graph import (
+        MergeMeter,
+        find_blocks,
+        find_mergeable,
+        merge_blocks,
+    )
+    model = nn.Sequential(_Odd(kind))
+    blocks = find_blocks(model, torch.randn(1, 4, 6, 6))
+    assert blocks.removable == ['0']
+    info = find_mergeable(blocks)['0']
+    assert not info.mergeable
+    assert re.search(reason, info.reason), info.reason
+    with pytest.raises(ValueError, match=reason):
+        merge_blocks(model, ['0'], blocks)
+    with pytest.raises(ValueError, match=reason):
+        MergeMeter(model, blocks, ['0'])
+
+
+def test_merge_mobilenetv2_saves_macs():
+    from mmpretrain.models import MobileNetV2
+
+    from mmrazor_ext.algorithms import merge_flops_delta
+    from mmrazor_ext.graph import find_blocks, find_mergeable, merge_blocks
+    model = _randomise_bn(MobileNetV2(widen_factor=0.25))
+    model.eval()  # mmpretrain's train() returns None
+    x = torch.randn(1, 3, 32, 32)
+    blocks = find_blocks(model, x)
+    names = [n for n, i in find_mergeable(blocks).items() if i.mergeable]
+    assert names == blocks.removable  # depthwise convs are expanded
+    delta = merge_flops_delta(model, blocks, names)
+    # 1x1 (t = 6) -> dw 3x3 -> 1x1 costs more than one dense c x c 3x3;
+    # layer1.0 has t = 1 (dw 3x3 -> 1x1 only), so there merging costs MACs
+    assert delta.pop('layer1.0') > 0
+    assert len(delta) >= 9 and all(d < 0 for d in delta.values()), delta
+    small = merge_blocks(model, names, blocks)
+    with torch.no_grad():
+        assert small(x)[-1].shape == model(x)[-1].shape
+
+
+def test_plan_fusion_counts_merge_macs():
+    from mmrazor_ext.algorithms import plan_fusion
+    scores = {'a': 0.1, 'b': 0.2, 'c': 0.3, 'd': 0.4}
+    saved = dict.fromkeys(scores, 10)
+    merge = dict(errors={'a': 0.0, 'c': 0.05, 'd': 0.5}, linear_tol=0.1,
+                 delta={'a': 4, 'c': 4, 'd': 4})
+    cands = list(scores)
+    # removal wins over merging; merges go to the remaining linear blocks
+    assert plan_fusion(scores, cands, saved, 100, dict(
+        mode='num_blocks', num=1), merge) == (['a'], ['c'])
+    assert plan_fusion(scores, cands, saved, 100, dict(
+        mode='num_blocks', num=0), merge) == ([], ['a', 'c'])
+    assert plan_fusion(scores, cands, saved, 100, dict(
+        mode='num_blocks', num=0), dict(merge, max_blocks=1)) == ([], ['a'])
+    # FLOPs target 0.85: without merges 2 removals reach 80 <= 85; the merge
+    # of 'c' (+4) still fits after 2 removals (84) ...
+    target = dict(mode='flops', ratio=0.85)
+    assert plan_fusion(scores, cands, saved, 100, target) == (['a', 'b'], [])
+    assert plan_fusion(scores, cands, saved, 100, target, merge) == \
+        (['a', 'b'], ['c'])
+    # ... at 0.8 it does not (84 > 80): a third block is removed
+    target = dict(mode='flops', ratio=0.8)
+    assert plan_fusion(scores, cands, saved, 100, target, merge) == \
+        (['a', 'b', 'c'], [])
+    # merges that add MACs can be refused instead
+    assert plan_fusion(scores, cands, saved, 100, target, dict(
+        merge, allow_more_flops=False)) == (['a', 'b'], [])
 
 
 # -- block metrics ------------------------------------------------------------------
@@ -326,10 +540,13 @@ def _fuse(work_dir, data_root, ckpt, epochs, extra=(), opts=()):
 
 @pytest.fixture(scope='module')
 def fused(tmp_path_factory, tiny_fmnist, trained):
-    """LayerFusion on ResNet-20 (2 blocks, BN folded in the export), "killed"
-    after epoch 1 and resumed to epoch 2."""
+    """LayerFusion on ResNet-20 (2 blocks removed, the most linear remaining
+    one merged whatever its error, BN folded in the export), "killed" after
+    epoch 1 and resumed to epoch 2 (the merged conv's optimizer state must
+    match on resume)."""
     wd = tmp_path_factory.mktemp('fusion')
-    opts = ['model.fuse_bn=True']
+    opts = ['model.fuse_bn=True', 'model.merging.linear_tol=1000.0',
+            'model.merging.max_blocks=1', 'model.merging.batches=2']
     _fuse(wd, tiny_fmnist, trained, 1, opts=opts + ['param_scheduler.end=2'])
     proc = _fuse(wd, tiny_fmnist, trained, 2, extra=['--resume'], opts=opts)
     return wd, proc.stdout + proc.stderr
@@ -340,15 +557,26 @@ def test_layer_fusion_resume_restores_removed_blocks(fused):
     wd, log = fused
     state = safe_load(str(wd / 'epoch_1.pth'))['state_dict']
     removed = state['_extra_state']['removed']
-    assert len(removed) == 2
+    merged = state['_extra_state']['merged']
+    assert len(removed) == 2 and len(merged) == 1
+    assert not set(merged) & set(removed)
     # the checkpoint holds the shallower model only
     assert not any(k.startswith(f'architecture.{removed[0]}.') for k in state)
+    w = state[f'architecture.{merged[0]}.merged_conv.weight']
+    assert w.shape[-2:] == (5, 5)
+    assert not any(k.startswith(f'architecture.{merged[0]}.conv')
+                   for k in state)
     assert 'resumed after pruning step 1' in log
     state2 = safe_load(str(wd / 'epoch_2.pth'))['state_dict']
     assert state2['_extra_state']['removed'] == removed
+    assert state2['_extra_state']['merged'] == merged
     assert state2.keys() == state.keys()
+    # the merged conv is in the optimizer: epoch 2 trained it
+    assert not torch.equal(
+        state2[f'architecture.{merged[0]}.merged_conv.weight'], w)
     report = json.loads((wd / 'report.json').read_text())
     assert report['removed_blocks'] == removed
+    assert report['merged_blocks'] == merged
 
 
 def test_layer_fusion_end_to_end(fused):
@@ -374,11 +602,18 @@ def test_layer_fusion_end_to_end(fused):
     for key in ('top1_before', 'top1_step1_pruned',
                 'top1_step1_bn_recalibrated', 'top1_after'):
         assert 0 <= report[key] <= 100
-    # FLOPs drop by exactly the removed blocks' MACs
+    # FLOPs drop by exactly the removed blocks' MACs, less the MACs the
+    # merge adds (5x5 instead of two 3x3: 25 c^2 - 18 c^2 - BN per pixel)
     dense = CifarResNet(20, 10, 1)
     saved = block_flops(dense, find_blocks(dense, X), X)
+    (merged,) = report['merged_blocks']
+    c, hw = {'1': (16, 28 * 28), '2': (32, 14 * 14), '3': (64, 7 * 7)}[
+        merged.split('.')[1][-1]]
+    assert report['merge_flops_delta'][merged] == (25 - 18) * c * c * hw - \
+        2 * c * hw
+    assert set(report['merge_stats']) == set(report['removable_blocks'])
     assert report['flops_before'] - report['flops_after_depth'] == \
-        sum(saved[n] for n in removed)
+        sum(saved[n] for n in removed) - report['merge_flops_delta'][merged]
     # the export rebuilds from the original definition + subnet.json
     small = load_fused_model(dense, str(tmp_path / 'subnet.json'))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
@@ -400,9 +635,10 @@ def test_onnx_export_round_trip(fused, tmp_path):
     import onnx
     ops = {n.op_type for n in onnx.load(out).graph.node}
     assert 'BatchNormalization' not in ops and 'Conv' in ops
-    # 2 blocks (4 convs) fewer than the 19 convs of ResNet-20 + 2 shortcuts
+    # 2 blocks removed (4 convs) and 1 merged (2 convs -> 1) from the 19
+    # convs of ResNet-20 + 2 shortcuts
     convs = sum(n.op_type == 'Conv' for n in onnx.load(out).graph.node)
-    assert convs == 21 - 4
+    assert convs == 21 - 4 - 1
 
 
 def _load_tool(path):
@@ -491,6 +727,97 @@ def test_layer_fusion_depth_then_width():
                       mode='flops', ratio=0.7, sampling='global')))
     fresh.load_state_dict(state)
     assert fresh.complexity(fresh.export_model())['flops'] == flops
+
+
+def _linear_block_algo(**kwargs):
+    algo = _algo(**kwargs)
+    # layer1.1's intermediate ReLU never acts: its merge error is only the
+    # border ring (~0.2); the other blocks' ReLUs change ~50 % of entries
+    block = algo.architecture.backbone.layer1[1]
+    block.norm1.bias.data.fill_(20.0)
+    block.norm2.weight.data.fill_(2.0)  # the most important by weight norm
+    return algo
+
+
+def test_layer_fusion_merge_state_optimizer_and_export(tmp_path):
+    from mmengine.config import Config
+
+    from mmrazor_ext.algorithms import load_fused_model
+    from mmrazor_ext.registry import MODELS
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 28, 28, generator=gen),
+                torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    kw = dict(target=dict(mode='num_blocks', num=1),
+              merging=dict(linear_tol=0.4, batches=2))
+    algo = _linear_block_algo(**kw)
+    # the Runner builds the optimizer before pruning
+    opt = torch.optim.SGD(algo.parameters(), lr=0.01, momentum=0.9)
+    algo.prune(batches)
+    name = 'backbone.layer1.1'
+    assert algo.merged == [name] and name not in algo.removed
+    stats = algo.report['merge_stats']
+    assert stats[name]['changed'] == 0
+    assert 0 < stats[name]['merge_error'] <= 0.4
+    assert min(v['merge_error'] for k, v in stats.items() if k != name) > 0.4
+    assert algo.report['non_mergeable']['backbone.layer2.0']
+    conv = algo.architecture.get_submodule(name).merged_conv
+    before = conv.weight.detach().clone()
+    x = torch.randn(2, 1, 28, 28)
+    algo.train()
+    algo(x).square().mean().backward()
+    opt.step()
+    assert not torch.equal(conv.weight, before)  # trained by the optimizer
+    # resume: a fresh algorithm + optimizer restore structure and state
+    fresh = _algo(**kw)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.01, momentum=0.9)
+    fresh.load_state_dict(algo.state_dict())  # strict
+    fresh_opt.load_state_dict(opt.state_dict())
+    assert fresh.merged == [name] and fresh.removed == algo.removed
+    algo.eval()
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), algo(x))
+    fresh.train()
+    fresh(x).square().mean().backward()
+    fresh_opt.step()  # momentum buffers have the merged shapes
+    # export files rebuild the merged model from the original definition
+    algo.export(str(tmp_path))
+    data = json.loads((tmp_path / 'subnet.json').read_text())
+    assert data['merged_blocks'] == [name]
+    cfg = Config.fromfile(BASELINE)
+    small = load_fused_model(MODELS.build(cfg.model),
+                             str(tmp_path / 'subnet.json'))
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x, mode='tensor'), algo(x))
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['export_check']['ok']
+    assert report['flops_after'] == algo.complexity()['flops']
+    with pytest.raises(ValueError, match='merging.linear_tol'):
+        _algo(merging=dict(linear_tol=-1))
+    with pytest.raises(ValueError, match='unknown keys'):
+        _algo(merging=dict(tol=0.1))
+    with pytest.raises(ValueError, match='calibration batches'):
+        _algo(merging=dict(linear_tol=0.1)).prune([])
+
+
+def test_layer_fusion_merge_with_flops_target_pays_for_merges():
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 28, 28, generator=gen),
+                torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    results = {}
+    for allow in (True, False):
+        algo = _linear_block_algo(target=dict(mode='flops', ratio=0.8),
+                                  merging=dict(linear_tol=0.4, batches=2,
+                                             allow_more_flops=allow))
+        total = algo.complexity()['flops']
+        algo.prune(batches)
+        assert algo.complexity()['flops'] <= 0.8 * total
+        results[allow] = (list(algo.removed), list(algo.merged))
+    (rem_m, merged), (rem, no_merge) = results[True], results[False]
+    assert no_merge == [] and merged == ['backbone.layer1.1']
+    # the merge's extra MACs (+1.38 M) cost one more removal
+    assert rem_m[:len(rem)] == rem and len(rem_m) == len(rem) + 1
 
 
 def test_layer_fusion_distils_from_the_original():

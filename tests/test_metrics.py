@@ -211,3 +211,16 @@ def test_least_squares_weights_recover_layer():
     keep = torch.tensor([True, False, True, True])
     w_new = least_squares_weights(x, y, keep)
     torch.testing.assert_close(w_new, w[:, keep], rtol=1e-4, atol=1e-4)
+
+
+def test_block_collector_keeps_the_model_mode():
+    """Collecting block features runs in eval mode and leaves every module
+    in the mode it had (the GraphModule shares the model's modules)."""
+    from mmrazor_ext.graph import find_blocks
+    from mmrazor_ext.metrics import BlockFeatureCollector
+    from mmrazor_ext.models import CifarResNet
+    model = CifarResNet(20, 10, 1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    col = BlockFeatureCollector(find_blocks(model, x))
+    col.update(x)
+    assert not any(m.training for m in model.modules())

@@ -43,4 +43,5 @@ def build_runner(cfg: Config) -> Runner:
     cfg = adapt_to_device(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    from mmrazor_ext.engine.runner import Runner as RazorRunner
+    return RazorRunner.from_cfg(cfg)

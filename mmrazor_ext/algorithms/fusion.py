@@ -1,22 +1,35 @@
-"""Layer pruning ("fusion"): remove the least important residual blocks.
+"""Layer pruning ("fusion"): remove the least important residual blocks,
+optionally merge nearly linear ones into one conv.
 
 :class:`LayerFusion` wraps an ``architecture`` like the channel-pruning
 algorithms and is driven by the same :class:`PruningHook`: before training
 it scores every removable block (``block_cka``, ``block_cosine``,
 ``block_weight_norm`` ... from the ``METRICS`` registry), replaces the
-weakest ones by identity until ``target`` is met, optionally prunes channels
-of the shallower model (depth first, then width, with the same
+weakest ones by identity until ``target`` is met, optionally merges blocks
+whose residual branch is nearly linear (``merging=dict(linear_tol, ...)``,
+rule in :mod:`mmrazor_ext.graph.merge`), optionally prunes channels of the
+shallower model (depth first, then width, with the same
 :class:`~mmrazor_ext.pruners.ChannelPruner`), and the hook recalibrates BN
 and fine-tunes (optionally distilling from a frozen copy of the original,
 ``distill=dict(weight, temperature)``). After training it writes
-``pruned_model.pth``, ``subnet.json`` and ``report.json``; merging blocks into
-neighbours is not implemented.
+``pruned_model.pth``, ``subnet.json`` and ``report.json``.
 
-The removed blocks and the channel subnet live in ``_extra_state``, which
-PyTorch loads on the root module before its children, so ``--resume``
-removes the same blocks before the shallower weights are loaded. The
-optimizer, built by the Runner before pruning, keeps the removed blocks'
-parameters; they get no gradients and are never updated.
+Removal and merging are planned together (:func:`plan_fusion`): blocks the
+target removes are removed (removal saves all of a block's MACs); merges go
+to the remaining blocks with ``merge_error <= linear_tol``, most linear
+first. Merging usually *adds* MACs (3x3 o 3x3 -> 5x5: 18 c^2 -> 25 c^2 per
+pixel), so with a FLOPs target the plan counts each merge's MAC change and
+removes more blocks to compensate (``allow_more_flops=False`` skips merges
+that add MACs instead).
+
+The removed and merged blocks and the channel subnet live in
+``_extra_state``, which PyTorch loads on the root module before its
+children, so ``--resume`` removes and merges the same blocks before the
+shallower weights are loaded. The optimizer, built by the Runner before
+pruning, keeps the removed blocks' parameters (they get no gradients and
+are never updated); a merged conv reuses Parameter objects of its block
+(:func:`~mmrazor_ext.graph.merge_blocks` with ``inplace=True``), so it is
+trained and a resumed optimizer state matches its shapes.
 """
 from __future__ import annotations
 
@@ -36,9 +49,13 @@ from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.graph import (
+    MergeMeter,
     check_equivalence,
     find_blocks,
+    find_mergeable,
     fold_bn,
+    merge_blocks,
+    merged_block_module,
     remove_blocks,
 )
 from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
@@ -46,10 +63,12 @@ from mmrazor_ext.registry import METRICS, MODELS
 
 from .channel_pruning import OneShotPruning, _take, _write_json
 
-__all__ = ['LayerFusion', 'block_flops', 'load_fused_model', 'select_blocks']
+__all__ = ['LayerFusion', 'block_flops', 'load_fused_model',
+           'merge_flops_delta', 'plan_fusion', 'select_blocks']
 
 _FORMAT = 'mmrazor_ext.fusion'
 _TARGET_MODES = ('num_blocks', 'flops')
+_MERGE_KEYS = ('linear_tol', 'max_blocks', 'allow_more_flops', 'batches')
 
 
 def block_flops(model: nn.Module, blocks, example_inputs,
@@ -75,10 +94,39 @@ def block_flops(model: nn.Module, blocks, example_inputs,
     return res
 
 
-def select_blocks(scores: dict[str, float], candidates: list[str],
-                  saved: dict[str, int], total: int, target: dict
-                  ) -> list[str]:
-    """The weakest candidate blocks to remove for a target.
+def merge_flops_delta(model: nn.Module, blocks, names: Iterable[str],
+                      leaf_modules: Iterable[type | str] = ()
+                      ) -> dict[str, int]:
+    """MACs added by merging each block (negative: merging saves MACs).
+
+    Counted exactly: the merged module minus the block, both on the block's
+    input shape from ``blocks`` (the example inputs it was found with).
+
+    Args:
+        model: The model ``blocks`` was found on (not modified).
+        blocks: Its :class:`~mmrazor_ext.graph.BlockAnalysis`.
+        names: Mergeable blocks.
+        leaf_modules: Extra tracer leaf modules.
+
+    Returns:
+        ``{block name: merged MACs - block MACs}``.
+    """
+    res = {}
+    for name in names:
+        x = torch.zeros(blocks.blocks[name].in_shape)
+        merged = merged_block_module(model, blocks, name)
+        res[name] = int(
+            get_model_complexity(merged, (x,), leaf_modules=leaf_modules)
+            ['flops'] - get_model_complexity(model.get_submodule(name), (x,),
+                                             leaf_modules=leaf_modules)
+            ['flops'])
+    return res
+
+
+def plan_fusion(scores: dict[str, float], candidates: list[str],
+                saved: dict[str, int], total: int, target: dict,
+                merge: dict | None = None) -> tuple[list[str], list[str]]:
+    """Blocks to remove and blocks to merge for a target.
 
     Args:
         scores: ``{block: importance}`` (higher = more important; ties are
@@ -88,27 +136,61 @@ def select_blocks(scores: dict[str, float], candidates: list[str],
         total: MACs of the model.
         target: ``dict(mode='num_blocks', num=k)``: the k weakest;
             ``dict(mode='flops', ratio=r)``: weakest first while more than
-            ``r * total`` MACs are left, so the result is at or just below
-            the target (or every candidate, if that is not enough).
+            ``r * total`` MACs are left (merges' MAC changes included), so
+            the result is at or just below the target (or every candidate,
+            if that is not enough).
+        merge: None (no merging) or ``dict(errors={block: merge_error},
+            delta={block: MACs added by merging}, linear_tol=t,
+            max_blocks=None, allow_more_flops=True)``: blocks not removed
+            with ``merge_error <= t`` are merged, lowest error first, at
+            most ``max_blocks``; ``allow_more_flops=False`` skips merges
+            with ``delta > 0``.
 
     Returns:
-        Block names, weakest first.
+        ``(removed, merged)``: removed weakest first, merged most linear
+        first.
     """
     order = sorted(candidates, key=lambda n: (scores.get(n, 0.0), n))
+
+    def merges(removed):
+        if not merge:
+            return []
+        errors, delta = merge['errors'], merge['delta']
+        tol, rem = merge['linear_tol'], set(removed)
+        ok = sorted((n for n, e in errors.items()
+                     if n not in rem and e <= tol and (
+                         merge.get('allow_more_flops', True)
+                         or delta[n] <= 0)),
+                    key=lambda n: (errors[n], n))
+        cap = merge.get('max_blocks')
+        return ok if cap is None else ok[:cap]
+
     if target['mode'] == 'num_blocks':
         k = target['num']
         if k > len(order):
             raise ValueError(f'target.num={k} but only {len(order)} '
                              f'removable blocks: {order}')
-        return order[:k]
+        return order[:k], merges(order[:k])
     goal = target['ratio'] * total
-    left, chosen = total, []
-    for name in order:
+    for i in range(len(order) + 1):
+        removed, merged = order[:i], merges(order[:i])
+        left = total - sum(saved[n] for n in removed) + \
+            sum(merge['delta'][n] for n in merged)
         if left <= goal:
             break
-        chosen.append(name)
-        left -= saved[name]
-    return chosen
+    return removed, merged
+
+
+def select_blocks(scores: dict[str, float], candidates: list[str],
+                  saved: dict[str, int], total: int, target: dict
+                  ) -> list[str]:
+    """The weakest candidate blocks to remove for a target (no merging;
+    see :func:`plan_fusion` for the arguments).
+
+    Returns:
+        Block names, weakest first.
+    """
+    return plan_fusion(scores, candidates, saved, total, target)[0]
 
 
 @MODELS.register_module()
@@ -132,6 +214,16 @@ class LayerFusion(ArchitectureAlgorithm):
             (``metric``, ``target``, ``pruner``, ``cdp_by``,
             ``metric_batches``) for a width step on the shallower model; its
             FLOPs target is relative to the shallower model.
+        merging: Optional block merging (rule in
+            :mod:`mmrazor_ext.graph.merge`): ``dict(linear_tol=0.25,
+            max_blocks=None, allow_more_flops=True, batches=None)``. Blocks
+            not removed whose measured ``merge_error`` (on ``batches``
+            training batches, default ``metric_batches``) is at most
+            ``linear_tol`` are composed into one conv each, lowest error
+            first, at most ``max_blocks``; with a FLOPs target the MACs a
+            merge adds are paid for by removing more blocks
+            (``allow_more_flops=False``: skip such merges). ``target=dict(
+            mode='num_blocks', num=0)`` merges without removing.
         fuse_bn: Fold conv / linear + BN in the exported model.
         distill: ``dict(weight=1.0, temperature=4.0)`` adds, after block
             removal, ``loss_kd = weight * T^2 * KL(teacher || student)`` on
@@ -152,6 +244,7 @@ class LayerFusion(ArchitectureAlgorithm):
                  metric: str | dict = 'block_cka', metric_batches: int = 16,
                  target: dict | None = None,
                  removal_mode: str = 'identity',
+                 merging: dict | None = None,
                  channel_pruning: dict | None = None,
                  fuse_bn: bool = False,
                  distill: dict | None = None,
@@ -176,6 +269,7 @@ class LayerFusion(ArchitectureAlgorithm):
             raise ValueError(f"removal_mode must be 'identity' or "
                              f"'keep_shortcut', got {removal_mode!r}")
         self.removal_mode = removal_mode
+        self.merging = self._check_merging(merging, int(metric_batches))
         self.channel_pruning = dict(channel_pruning) if channel_pruning \
             else None
         self.fuse_bn = bool(fuse_bn)
@@ -194,6 +288,7 @@ class LayerFusion(ArchitectureAlgorithm):
         self.example_inputs = torch.randn(*self.input_shape)
         self.step = 0
         self.removed: list[str] = []
+        self.merged: list[str] = []
         self.report: dict = {}
         # Not a submodule: it shares ``architecture`` (no duplicate keys).
         self.__dict__['_width'] = None
@@ -218,6 +313,39 @@ class LayerFusion(ArchitectureAlgorithm):
                                  f'{ratio!r}')
         target['mode'] = mode
         return target
+
+    @staticmethod
+    def _check_merging(merge: dict | None, default_batches: int
+                     ) -> dict | None:
+        if merge is None:
+            return None
+        merge = {'linear_tol': 0.25, 'max_blocks': None,
+                 'allow_more_flops': True, 'batches': None, **merge}
+        unknown = set(merge) - set(_MERGE_KEYS)
+        if unknown:
+            raise ValueError(f'merging: unknown keys {sorted(unknown)} '
+                             f'(known: {list(_MERGE_KEYS)})')
+        tol = merge['linear_tol']
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or \
+                not tol >= 0:
+            raise ValueError(f'merging.linear_tol must be a number >= 0, got '
+                             f'{tol!r}')
+        for key in ('max_blocks', 'batches'):
+            v = merge[key]
+            if v is not None and (isinstance(v, bool) or
+                                  not isinstance(v, int) or v < 0):
+                raise ValueError(f'merging.{key} must be None or an int >= 0, '
+                                 f'got {v!r}')
+        if not isinstance(merge['allow_more_flops'], bool):
+            raise ValueError('merging.allow_more_flops must be a bool, got '
+                             f"{merge['allow_more_flops']!r}")
+        if merge['batches'] is None:
+            merge['batches'] = default_batches
+        if merge['batches'] < 1:
+            raise ValueError('merging.batches must be >= 1 (the merge error is '
+                             'measured on calibration batches)')
+        merge['linear_tol'] = float(tol)
+        return merge
 
     @staticmethod
     def _check_distill(distill: dict | None) -> dict | None:
@@ -266,6 +394,7 @@ class LayerFusion(ArchitectureAlgorithm):
         subnet = (width.pruner.subnet or {}) if width is not None else {}
         # Plain containers and tensors only: loads with weights_only=True.
         return {'step': self.step, 'removed': list(self.removed),
+                'merged': list(self.merged),
                 'channel_subnet': {k: v.clone() for k, v in subnet.items()},
                 'report': json.loads(json.dumps(self.report))}
 
@@ -278,6 +407,12 @@ class LayerFusion(ArchitectureAlgorithm):
         elif removed != self.removed:
             raise RuntimeError(f'checkpoint removed blocks {removed}, but '
                                f'this model already removed {self.removed}')
+        merged = list(state.get('merged') or [])
+        if merged and not self.merged:
+            self._merge(merged)
+        elif merged != self.merged:
+            raise RuntimeError(f'checkpoint merged blocks {merged}, but '
+                               f'this model already merged {self.merged}')
         subnet = state.get('channel_subnet') or {}
         if subnet:
             self._build_width().pruner.set_subnet(subnet)
@@ -319,6 +454,31 @@ class LayerFusion(ArchitectureAlgorithm):
                       mode=self.removal_mode, inplace=True)
         self.removed = list(names)
 
+    def _merge(self, names: list[str]) -> None:
+        # a fresh analysis: removal changed the graph
+        merge_blocks(self.architecture, names, self.blocks(), inplace=True,
+                     leaf_modules=self.leaf_modules)
+        self.merged = list(names)
+
+    def measure_merge(self, batches: Iterable, blocks) -> tuple[dict, dict]:
+        """Merge statistics (:class:`~mmrazor_ext.graph.MergeMeter`) and
+        MAC changes (:func:`merge_flops_delta`) of every mergeable block.
+
+        Returns:
+            ``(stats, delta)``: ``{block: {'merge_error', 'nonlinearity',
+            'changed', 'exact', 'n'}}`` and ``{block: MACs added}``.
+        """
+        names = [n for n, i in find_mergeable(blocks).items() if i.mergeable]
+        meter = MergeMeter(self.architecture, blocks, names)
+        for batch in _take(batches, self.merging['batches']):
+            meter.update(to_tensors(self, batch)[0])
+        if names and meter.num_samples == 0:
+            raise ValueError('merging needs calibration batches (got none): '
+                             'the merge error is measured on data')
+        delta = merge_flops_delta(self.architecture, blocks, names,
+                                  self.leaf_modules)
+        return meter.statistics(), delta
+
     def _build_width(self) -> OneShotPruning:
         if self.channel_pruning is None:
             raise RuntimeError('no channel_pruning configured')
@@ -333,10 +493,11 @@ class LayerFusion(ArchitectureAlgorithm):
         return width
 
     def prune(self, batches: Iterable, step: int = 1) -> list[str]:
-        """Remove the weakest blocks (then prune channels if configured).
+        """Remove the weakest blocks, merge nearly linear ones if
+        configured, then prune channels if configured.
 
         Returns:
-            Names of the removed blocks.
+            Names of the removed blocks (merged ones: :attr:`merged`).
         """
         cfg = dict(self.metric)
         need = self.metric_batches if METRICS.get(
@@ -344,6 +505,8 @@ class LayerFusion(ArchitectureAlgorithm):
         if self.channel_pruning is not None:  # the width step's metric data
             need = max(need, int(self.channel_pruning.get('metric_batches',
                                                           16)))
+        if self.merging is not None:
+            need = max(need, self.merging['batches'])
         batches = list(_take(batches, need))
         blocks = self.blocks()
         cands = self.candidates(blocks)
@@ -351,8 +514,16 @@ class LayerFusion(ArchitectureAlgorithm):
         saved = block_flops(self.architecture, blocks, self.example_inputs,
                             self.removal_mode)
         total = self.complexity()['flops']
-        chosen = self.select(scores, cands, saved, total)
+        plan = None
+        if self.merging is not None:
+            stats, delta = self.measure_merge(batches, blocks)
+            plan = dict(self.merging, delta=delta, errors={
+                n: s['merge_error'] for n, s in stats.items()})
+        chosen, merged = plan_fusion(scores, cands, saved, total,
+                                     self.target, plan)
         self._remove(chosen, blocks)
+        if merged:
+            self._merge(merged)
         depth = self.complexity()
         self.step = step
         self.report.update(
@@ -363,10 +534,21 @@ class LayerFusion(ArchitectureAlgorithm):
                            if n not in cands},
             removed_blocks=chosen,
             flops_after_depth=depth['flops'])
+        if self.merging is not None:
+            infos = find_mergeable(blocks)
+            self.report.update(
+                merging=dict(self.merging), merged_blocks=merged,
+                merge_stats={n: {k: _finite(v) if isinstance(v, float) else v
+                                 for k, v in s.items()}
+                             for n, s in stats.items()},
+                merge_flops_delta=delta,
+                non_mergeable={n: i.reason for n, i in infos.items()
+                               if not i.mergeable})
+        msg = f'; merged {len(merged)} blocks {merged}' if merged else ''
         print_log(f'layer pruning: metric {self.metric["type"]}, removed '
-                  f'{len(chosen)}/{len(cands)} removable blocks {chosen}; '
-                  f'FLOPs {total / 1e6:.2f} M -> {depth["flops"] / 1e6:.2f} M',
-                  logger='current')
+                  f'{len(chosen)}/{len(cands)} removable blocks {chosen}'
+                  f'{msg}; FLOPs {total / 1e6:.2f} M -> '
+                  f'{depth["flops"] / 1e6:.2f} M', logger='current')
         if self.channel_pruning is not None:
             width = self._build_width()
             width.prune(batches, 1)
@@ -403,6 +585,7 @@ class LayerFusion(ArchitectureAlgorithm):
                   'input_shape': list(self.input_shape),
                   'removal_mode': self.removal_mode,
                   'removed_blocks': list(self.removed),
+                  'merged_blocks': list(self.merged),
                   'bn_folded': self.fuse_bn,
                   'channel_subnet': None}
         if self._width is not None:
@@ -427,7 +610,8 @@ class LayerFusion(ArchitectureAlgorithm):
             report['top1_after'] = evaluate_top1(small, val_batches)
         _write_json(osp.join(work_dir, 'report.json'), report)
         self.report = report
-        print_log(f"exported: removed {len(self.removed)} blocks, FLOPs "
+        print_log(f"exported: removed {len(self.removed)} blocks, merged "
+                  f"{len(self.merged)}, FLOPs "
                   f"{report.get('flops_before', 0) / 1e6:.2f} M -> "
                   f"{after['flops'] / 1e6:.2f} M; files in {work_dir}",
                   logger='current')
@@ -446,7 +630,8 @@ def load_fused_model(model: nn.Module, subnet_path: str,
         leaf_modules: Leaf modules used at export time.
 
     Returns:
-        The exported model (shallower, sliced, folded as it was saved).
+        The exported model (shallower, merged, sliced, folded as it was
+        saved).
     """
     from mmrazor_ext.pruners import load_subnet
     with open(subnet_path) as f:
@@ -457,6 +642,9 @@ def load_fused_model(model: nn.Module, subnet_path: str,
     x = torch.randn(*data['input_shape'])
     small = remove_blocks(model, data['removed_blocks'],
                           example_inputs=x, mode=data['removal_mode'])
+    if data.get('merged_blocks'):  # merged after removal, as exported
+        small = merge_blocks(small, data['merged_blocks'], example_inputs=x,
+                             inplace=True, leaf_modules=leaf_modules)
     folder = osp.dirname(osp.abspath(subnet_path))
     if data.get('channel_subnet'):
         small = load_subnet(small, osp.join(folder, data['channel_subnet']),

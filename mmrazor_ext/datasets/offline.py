@@ -47,15 +47,37 @@ class FashionMNIST(_FashionMNIST):
 
 @DATASETS.register_module()
 class CIFAR10(_CIFAR10):
-    """CIFAR-10 from the python pickle batches under ``data_root``."""
+    """CIFAR-10 from the python pickle batches under ``data_root``.
 
-    def __init__(self, data_root: str = '', split: str = 'train', **kwargs):
+    Args:
+        verify_md5: Check the files against the official checksums (set
+            False for a re-packed or subsampled copy in the same format).
+    """
+
+    def __init__(self, data_root: str = '', split: str = 'train',
+                 verify_md5: bool = True, **kwargs):
         kwargs['download'] = False
+        self.verify_md5 = verify_md5
+        if not verify_md5:
+            self.meta = dict(self.meta, md5=None)
         folder = osp.join(data_root, self.base_folder)
         files = [f[0] for f in self.train_list + self.test_list]
         _require([osp.join(folder, f) for f in files], 'CIFAR10',
                  f'Extract cifar-10-python.tar.gz into {data_root}.')
         super().__init__(data_root=data_root, split=split, **kwargs)
+
+    def _check_integrity(self) -> bool:
+        folder = osp.join(self.data_prefix['root'], self.base_folder)
+        present = all(osp.exists(osp.join(folder, f[0]))
+                      for f in self.train_list + self.test_list)
+        if not self.verify_md5 or not present:
+            return present
+        if not super()._check_integrity():
+            raise DatasetNotFoundError(
+                f'CIFAR10 files in {folder} do not match the official MD5 '
+                'checksums (corrupt download?). For a re-packed or '
+                'subsampled copy set dataset.verify_md5=False.')
+        return True
 
 
 @DATASETS.register_module()

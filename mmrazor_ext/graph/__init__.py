@@ -22,11 +22,21 @@ from .export import (
 )
 from .fold import find_conv_bn_pairs, fold_bn
 from .masking import apply_masks, remove_masks
+from .merge import (
+                            MergeInfo,
+                            MergeMeter,
+                            compose_branch,
+                            find_mergeable,
+                            merge_blocks,
+                            merged_block_module,
+)
 from .rules import register_function_rule, register_module_rule
 from .tracer import TraceError, default_concrete_args, trace_model
 
 __all__ = ['BlockAnalysis', 'BlockInfo', 'find_blocks', 'remove_blocks',
            'find_conv_bn_pairs', 'fold_bn',
+           'MergeInfo', 'MergeMeter', 'compose_branch', 'find_mergeable',
+           'merge_blocks', 'merged_block_module',
            'ChannelGraph', 'ChannelSpace', 'ExportError', 'LayerRecord',
            'TraceError', 'UnsupportedOpError', 'apply_masks',
            'check_equivalence', 'default_concrete_args', 'export_pruned',

@@ -17,7 +17,8 @@ Otherwise it is reported with a reason, e.g. a projection / downsampling
 shortcut. Such blocks can still be shortened with ``mode='keep_shortcut'``:
 the residual branch is dropped and the shortcut (plus whatever follows the
 add, e.g. the final ReLU) is kept, as a small ``GraphModule`` cut out of the
-traced graph.
+traced graph. Removable blocks with a nearly linear branch can instead be
+merged into one conv (:mod:`.merge`).
 """
 from __future__ import annotations
 
@@ -240,16 +241,20 @@ class BlockAnalysis:
     def _modules_of(node_set) -> list[str]:
         return sorted({n.target for n in node_set if n.op == 'call_module'})
 
-    def shortcut_module(self, name: str) -> fx.GraphModule:
+    def shortcut_module(self, name: str, share: bool = False
+                        ) -> fx.GraphModule:
         """The block with its residual branch cut: shortcut + post-add ops.
 
         Args:
             name: A block with ``can_keep_shortcut``.
+            share: Use the model's own shortcut modules (same Parameter
+                objects, so an optimizer built before the cut still trains
+                them) instead of copies.
 
         Returns:
             A ``GraphModule`` taking the block input; its submodules are
-            copies of the model's shortcut modules (e.g. a downsampling
-            conv + BN) under their original qualified names.
+            the model's shortcut modules (e.g. a downsampling conv + BN),
+            copied unless ``share``, under their original qualified names.
         """
         info = self.blocks[name]
         if not info.can_keep_shortcut:
@@ -270,7 +275,7 @@ class BlockAnalysis:
         new.graph.eliminate_dead_code()  # the residual branch
         new.recompile()
         new.delete_all_unused_submodules()
-        return copy.deepcopy(new)
+        return new if share else copy.deepcopy(new)
 
 
 def find_blocks(model: nn.Module,
@@ -338,7 +343,9 @@ def remove_blocks(model: nn.Module, names: Iterable[str],
         if info.removable:
             replacements[name] = nn.Identity()
         elif mode == 'keep_shortcut' and info.can_keep_shortcut:
-            replacements[name] = analysis.shortcut_module(name)
+            # in place: keep the shortcut's parameters (optimizer state)
+            replacements[name] = analysis.shortcut_module(name,
+                                                          share=inplace)
         else:
             raise ValueError(f'block {name!r} is not removable: {info.reason}')
     new = model if inplace else copy.deepcopy(model)

@@ -117,12 +117,15 @@ class BlockFeatureCollector:
         """Run one batch (in eval mode) and accumulate the statistics."""
         if isinstance(inputs, torch.Tensor):
             inputs = (inputs,)
-        training = self._gm.training
+        # Restore each module's own mode: the GraphModule shares the model's
+        # modules, and its own flag says nothing about theirs.
+        modes = [(m, m.training) for m in self._gm.modules()]
         self._gm.eval()
         try:
             outs = dict(zip(self._order, self._gm(*inputs)))
         finally:
-            self._gm.train(training)
+            for m, mode in modes:
+                m.training = mode
         for name, (i, o) in self.points.items():
             x, y = outs[i].detach(), outs[o].detach()
             self._hsic[name] += hsic_terms(x, y).cpu()

@@ -108,6 +108,7 @@ class ChannelPruner:
         self.last_export_report: dict | None = None
         self.last_flops_report: dict | None = None
         self._layer_flops: dict[str, int] | None = None
+        self._layer_params: dict[str, tuple] | None = None
         self._fixed_flops = 0
         self._total_flops = 0
 
@@ -275,6 +276,46 @@ class ChannelPruner:
                     total += f * fo * fi
             else:
                 total += f * fo
+        return int(round(total))
+
+    def estimate_params(self, subnet: Mapping[str, torch.Tensor] | None = None
+                        ) -> int:
+        """Parameters of the exported model for ``subnet``, without exporting.
+
+        Weights scale with the kept fraction of their output and input
+        channels (output only for grouped convs and norm layers); biases and
+        norm affine parameters with the output fraction.
+        """
+        self._ensure_flops()
+        if self._layer_params is None:
+            self._layer_params = {}
+            for name, rec in self.graph.layers.items():
+                if rec.kind == 'param':
+                    continue
+                try:
+                    m = self.model.get_submodule(name)
+                except AttributeError:
+                    continue
+                w = getattr(m, 'weight', None)
+                w = w.numel() if isinstance(w, torch.Tensor) else 0
+                rest = sum(p.numel() for p in m.parameters(recurse=False))
+                self._layer_params[name] = (w, rest - w,
+                                            getattr(m, 'groups', 1))
+        total_params = sum(p.numel() for p in self.model.parameters())
+        g = self.graph.global_mask(subnet)
+        total = float(total_params)
+        for name, (w, rest, groups) in self._layer_params.items():
+            rec = self.graph.layers[name]
+            fo = 1.0 if rec.out_index is None else \
+                float(g[rec.out_index].float().mean())
+            fi = 1.0 if rec.in_index is None else \
+                float(g[rec.in_index].float().mean())
+            if rec.kind in ('conv', 'linear', 'conv_transpose') and \
+                    groups == 1:
+                kept_w = w * fo * fi
+            else:
+                kept_w = w * fo
+            total -= (w + rest) - (kept_w + rest * fo)
         return int(round(total))
 
     @property

@@ -8,6 +8,9 @@
 #   fusion               remove NUM_BLOCKS blocks, fine-tune, export
 #   fusion_channel       depth then width: remove blocks, then L1 channel
 #                        pruning of the shallower model to CHANNEL_RATIO
+#   fusion_merge         remove NUM_BLOCKS blocks and merge the remaining
+#                        blocks whose branch is nearly linear (merge error
+#                        <= MERGE_TOL) into one conv each
 #   export_onnx          ONNX export (BN folded) of the fusion result
 # Usage: bash scripts/fusion/run_fusion_cifar_resnet18.sh MODE [NGPUS]
 set -euo pipefail
@@ -25,6 +28,7 @@ CKPT="${CKPT:-$BASE_WORK_DIR/epoch_200.pth}"
 METRIC="${METRIC:-block_cka}"
 NUM_BLOCKS="${NUM_BLOCKS:-2}"
 CHANNEL_RATIO="${CHANNEL_RATIO:-0.7}"
+MERGE_TOL="${MERGE_TOL:-0.25}"
 MODE="${1:?usage: $0 MODE [NGPUS]}"
 NGPUS="${2:-1}"
 # -----------------------------------------------------------------------------
@@ -52,9 +56,14 @@ algo = MODELS.build(cfg.model)
 blocks = algo.blocks()
 from mmrazor_ext.registry import METRICS
 scores = METRICS.get('block_weight_norm')()(blocks, algo.architecture)
+from mmrazor_ext.graph import find_mergeable
+merge = find_mergeable(blocks)
 for name, b in blocks.blocks.items():
+    m = merge[name]
+    how = f'merge->{m.kernel_size[0]}x{m.kernel_size[1]}' if m.mergeable \
+        else 'no merge'
     print(f'{name:24s} removable={b.removable!s:5s} '
-          f'weight_norm={scores[name]:.3f} {b.reason}')
+          f'weight_norm={scores[name]:.3f} {how:12s} {b.reason}')
 print(f'{len(blocks.removable)}/{len(blocks.blocks)} removable; FLOPs '
       f"{algo.complexity()['flops'] / 1e6:.1f} M; candidates for "
       f"removal_mode={algo.removal_mode}: {algo.candidates(blocks)}")
@@ -75,6 +84,9 @@ PY
         model.channel_pruning.metric.type=l1 \
         model.channel_pruning.target.mode=flops \
         model.channel_pruning.target.ratio="$CHANNEL_RATIO" ;;
+  fusion_merge)
+    run "$FUSION_CONFIG" --work-dir "$WORK_DIR/merge" --cfg-options $DATA \
+        $ALGO_ARCH $FUSION_OPTS model.merging.linear_tol="$MERGE_TOL" ;;
   export_onnx)
     "$PYTHON" tools/deploy/export_onnx.py "$BASE_CONFIG" \
         --subnet "$WORK_DIR/subnet.json" --out "$WORK_DIR/model.onnx" \

@@ -1,0 +1,347 @@
+"""AMC (He et al. 2018) as an mmengine algorithm: search, fine-tune, export.
+
+:class:`AMCPruning` wraps an ``architecture`` like :class:`OneShotPruning`
+and is driven by :class:`AMCPruningHook` (a :class:`PruningHook` that also
+hands the algorithm the work dir and the validation loader). Before
+training, the DDPG agent searches per-space keep ratios on the masked model
+(:class:`~mmrazor_ext.search.amc_env.AMCEnv`); each episode is scored by
+top-1 / top-5 on cached batches after BN recalibration on a few cached
+training batches (BN statistics and any reconstructed weights are restored
+after every episode). The search writes to the work dir:
+
+* ``kmc-pruning.csv`` (Knight's columns; best ``save_top_k`` episodes by
+  reward) and ``amc-episodes.csv`` (every episode);
+* ``amc_checkpoints/*.pth`` (the kept episodes' exported models, loadable
+  with ``MCPruning.load_pruned_model`` into a fresh architecture);
+* ``amc_best_subnet.json``, ``amc_best_state.pth`` (masked-mode weights of
+  the best episode, fm-reconstructed ones included) and ``amc_search.json``.
+
+The best episode is then fine-tuned in masked mode and exported
+(``pruned_model.pth``, ``subnet.json``, ``report.json``) like the other
+algorithms. The search is never repeated: ``--resume`` restores masks and
+weights from the checkpoint (the pruning step lives in ``_extra_state``),
+and a run restarted before its first checkpoint reuses ``amc_search.json``
+when the search settings are unchanged. Under distributed training rank 0
+searches while the other ranks wait at a barrier (mind the process group's
+timeout for long searches), then every rank loads the same result.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os.path as osp
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from mmengine.dist import barrier, get_rank, is_distributed
+from mmengine.logging import print_log
+from torch import nn
+
+from mmrazor_ext.engine.checkpoint import safe_load
+from mmrazor_ext.engine.evaluation import (
+    evaluate_top1,
+    recalibrate_bn,
+    to_tensors,
+)
+from mmrazor_ext.pruners.channel_pruner import _atomic_write
+from mmrazor_ext.registry import HOOKS, MODELS
+from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
+from mmrazor_ext.search.amc_search import (
+    KMCRecorder,
+    LatencyProvider,
+    episode_meta,
+    parse_amc_cfg,
+    save_pruned_checkpoint,
+)
+from mmrazor_ext.search.ddpg import DDPGAgent
+
+from .channel_pruning import OneShotPruning
+from .hooks import PruningHook, _algo
+
+__all__ = ['AMCPruning', 'AMCPruningHook']
+
+_REWARD_DATA = ('train', 'val')
+
+
+@MODELS.register_module()
+class AMCPruning(OneShotPruning):
+    """Search keep ratios with AMC, fine-tune the best episode, export.
+
+    Args:
+        architecture: Model config (or module) to prune.
+        input_shape: Example input shape for tracing.
+        amc_cfg: Knight ``amc_cfg`` keys (see
+            :func:`~mmrazor_ext.search.amc_search.parse_amc_cfg`), e.g.
+            ``dict(protocol='mac-constrained', target_density=0.5,
+            pruning_method='l1-rank', ddpg_cfg=dict(warmup=100,
+            num_training_episodes=300))``.
+        network: Ordered layer names to prune (Knight ``network``); None =
+            every prunable space.
+        calib_batches: Training batches cached for BN recalibration before
+            every episode's evaluation (0: no recalibration).
+        reward_batches: Batches cached for the reward (top-1 = ``ind1``,
+            top-5 = ``ind2``, cross-entropy = ``vloss``).
+        reward_data: ``'train'`` (held-out training batches after the
+            calibration ones, as in AMC) or ``'val'`` (the validation
+            loader).
+        feature_batches: Training batches whose features fm-reconstruction
+            samples (from the cached calibration batches).
+        latency: ``dict(run=True, cmd=None, repeats=10)`` measures each
+            episode's latency (``cmd``: external command template with
+            ``{onnx}``); off by default.
+        seed: Seed of the agent and of the environment's sampling.
+        ckpt_prefix: Name prefix of the episode checkpoints.
+        **kwargs: :class:`OneShotPruning` arguments (``init_checkpoint``,
+            ``bn_recalib_batches``, ``pruner``, ``data_preprocessor``).
+    """
+
+    def __init__(self, architecture: dict | nn.Module,
+                 input_shape: Iterable[int] = (1, 3, 32, 32),
+                 amc_cfg: dict | None = None,
+                 network: list[str] | None = None,
+                 calib_batches: int = 10, reward_batches: int = 10,
+                 reward_data: str = 'train', feature_batches: int = 4,
+                 latency: dict | None = None, seed: int = 0,
+                 ckpt_prefix: str = 'amc', **kwargs):
+        amc_raw = json.loads(json.dumps(amc_cfg or {}))
+        amc = parse_amc_cfg(amc_cfg, 'model.amc_cfg')
+        if 'seed' not in (amc_raw.get('ddpg_cfg') or {}):
+            amc['ddpg_cfg'].seed = int(seed)
+        kwargs.setdefault('target', dict(mode='flops',
+                                         ratio=amc['target_density']))
+        super().__init__(architecture, input_shape, metric='l1', **kwargs)
+        self.amc = amc
+        self.amc_raw = amc_raw
+        self.metric = dict(type='amc', pruning_method=amc['pruning_method'],
+                           protocol=amc['protocol'])
+        if reward_data not in _REWARD_DATA:
+            raise ValueError(f'model.reward_data: must be one of '
+                             f'{_REWARD_DATA}, got {reward_data!r}')
+        for key, value in (('calib_batches', calib_batches),
+                           ('reward_batches', reward_batches),
+                           ('feature_batches', feature_batches)):
+            if int(value) < 0 or (key == 'reward_batches' and value < 1):
+                raise ValueError(f'model.{key}: must be >= '
+                                 f'{1 if key == "reward_batches" else 0}, '
+                                 f'got {value}')
+        self.network = list(network) if network else None
+        self.calib_batches = int(calib_batches)
+        self.reward_batches = int(reward_batches)
+        self.reward_data = reward_data
+        self.feature_batches = int(feature_batches)
+        self.latency = dict(latency or {})
+        unknown = set(self.latency) - {'run', 'cmd', 'repeats'}
+        if unknown:
+            raise KeyError(f'model.latency: unknown keys {sorted(unknown)} '
+                           "(allowed: run, cmd, repeats)")
+        self.seed = int(seed)
+        self.ckpt_prefix = ckpt_prefix
+        self.work_dir: str | None = None     # set by AMCPruningHook
+        self.val_loader = None               # set by AMCPruningHook
+        self.history: list[dict] = []
+
+    # -- data -----------------------------------------------------------------------
+    def _cache(self, loader, skip: int, num: int) -> list:
+        res = []
+        for batch in itertools.islice(loader, skip, skip + num):
+            inputs, labels = to_tensors(self, batch)
+            res.append((inputs.detach(), labels.detach()))
+        return res
+
+    def _val_fn(self, batches):
+        def val(model):
+            logits = []
+
+            def fwd(m, x):
+                out = m(x, mode='tensor')
+                out = out[-1] if isinstance(out, (tuple, list)) else out
+                logits.append(out.detach())
+                return out
+            top1 = evaluate_top1(model, batches, forward=fwd)
+            lg = torch.cat(logits).float()
+            lb = torch.cat([y for _, y in batches]).to(lg.device)
+            k = min(5, lg.shape[1])
+            top5 = 100.0 * float((lg.topk(k, 1).indices == lb[:, None])
+                                 .any(1).float().mean())
+            return {'ind1': top1, 'ind2': top5,
+                    'vloss': float(F.cross_entropy(lg, lb))}
+        return val
+
+    def _fingerprint(self) -> str:
+        key = json.dumps({'amc_cfg': self.amc_raw, 'network': self.network,
+                          'init_checkpoint': self.init_checkpoint,
+                          'calib': self.calib_batches,
+                          'reward': [self.reward_batches, self.reward_data],
+                          'features': self.feature_batches,
+                          'seed': self.seed}, sort_keys=True)
+        return hashlib.sha1(key.encode()).hexdigest()
+
+    # -- pruning ----------------------------------------------------------------------
+    def prune(self, batches: Iterable, step: int = 1) -> dict:
+        """Run (or reuse) the AMC search and mask the best episode."""
+        if self.work_dir is None:
+            raise RuntimeError('AMCPruning needs AMCPruningHook '
+                               "(custom_hooks=[dict(type='AMCPruningHook')])")
+        marker = osp.join(self.work_dir, 'amc_search.json')
+        done = self._finished_search(marker)
+        if done is not None:
+            print_log(f"reusing the AMC search of {marker} (best episode "
+                      f"{done['best']['episode']})", logger='current')
+        else:
+            # one search (rank 0); every rank then reads its result
+            if get_rank() == 0:
+                done = self._search(batches)
+            if is_distributed():
+                barrier()
+            if done is None:
+                done = self._finished_search(marker, quiet=True)
+            if done is None:
+                raise RuntimeError(f'{marker}: no finished AMC search (rank 0 '
+                                   'did not write it; is the work dir shared?)')
+        with open(osp.join(self.work_dir, 'amc_best_subnet.json')) as f:
+            spaces = json.load(f)['spaces']
+        subnet = {n: torch.tensor(e['kept'], dtype=torch.long)
+                  for n, e in spaces.items()}
+        state = safe_load(osp.join(self.work_dir, 'amc_best_state.pth'))
+        self.architecture.load_state_dict(state)
+        self.pruner.set_subnet(subnet)
+        self.step = step
+        self.report['amc'] = {k: v for k, v in done.items()
+                              if k != 'fingerprint'}
+        flops = self.pruner.estimate_flops(self.pruner.subnet)
+        print_log(f"AMC best episode {done['best']['episode']}: ind1 "
+                  f"{done['best']['ind1']:.2f}, FLOPs {flops / 1e6:.2f} M of "
+                  f'{self.pruner.original_flops / 1e6:.2f} M',
+                  logger='current')
+        return self.pruner.subnet
+
+    def _finished_search(self, marker: str, quiet: bool = False
+                         ) -> dict | None:
+        """The marker of a finished search with the same settings."""
+        if not osp.isfile(marker):
+            return None
+        with open(marker) as f:
+            done = json.load(f)
+        if done.get('fingerprint') != self._fingerprint():
+            if not quiet:
+                print_log(f'{marker} is from other settings: searching again',
+                          logger='current', level=30)
+            return None
+        return done
+
+    def _search(self, batches) -> dict:
+        t0 = time.perf_counter()
+        amc = self.amc
+        calib = self._cache(batches, 0, self.calib_batches)
+        if self.reward_data == 'train':
+            reward = self._cache(batches, self.calib_batches,
+                                 self.reward_batches)
+        else:
+            if self.val_loader is None:
+                raise RuntimeError("model.reward_data='val' needs "
+                                   'AMCPruningHook (it passes the val loader)')
+            reward = self._cache(self.val_loader, 0, self.reward_batches)
+        if not reward:
+            raise ValueError('model.reward_batches: the loader gave no '
+                             'batches')
+        device = reward[0][0].device
+        self.pruner.example_inputs = tuple(
+            x.to(device) if isinstance(x, torch.Tensor) else x
+            for x in self.pruner.example_inputs)
+        arch = self.architecture
+        feats = calib[:self.feature_batches] or reward[:self.feature_batches]
+
+        @torch.no_grad()
+        def feature_fn(model):
+            training = model.training
+            model.eval()
+            try:
+                for x, _ in feats:
+                    model(x, mode='tensor')
+            finally:
+                model.train(training)
+
+        def calib_fn(model):
+            recalibrate_bn(model, calib, len(calib))
+
+        latency_fn = None
+        if self.latency.get('run'):
+            latency_fn = LatencyProvider(self.pruner.example_inputs,
+                                         self.latency.get('cmd'),
+                                         self.latency.get('repeats', 10),
+                                         where='model.latency.cmd')
+        env = AMCEnv(
+            self.pruner, self._val_fn(reward), layers=self.network,
+            target_density=amc['target_density'],
+            action_range=amc['action_range'],
+            pruning_method=amc['pruning_method'],
+            n_points_per_fm=amc['n_points_per_fm'],
+            group_size=amc['group_size'], protocol=amc['protocol'],
+            feature_fn=feature_fn, calib_fn=calib_fn if calib else None,
+            latency_fn=latency_fn, latency_weight=amc['latency_weight'],
+            seed=self.seed, where='model.network')
+        best = {}
+
+        def save(path, info):
+            save_pruned_checkpoint(path, info['model'], self.pruner,
+                                   info['subnet'], episode_meta(info))
+
+        recorder = KMCRecorder(self.work_dir, self.ckpt_prefix,
+                               amc['save_top_k'], save,
+                               ckpt_subdir='amc_checkpoints')
+
+        def callback(ep, info):
+            recorder(ep, info)
+            if recorder.best is not None and recorder.best['episode'] == ep:
+                # masked-mode weights of the new best (reconstructed weights,
+                # recalibrated BN) before the next reset restores them
+                best['state'] = {k: v.detach().cpu().clone()
+                                 for k, v in arch.state_dict().items()}
+                best['subnet_path'] = osp.join(self.work_dir,
+                                               'amc_best_subnet.json')
+                self.pruner.save_subnet(best['subnet_path'], weights=False)
+
+        try:
+            dense = env.evaluate_dense()
+            agent = DDPGAgent(env.state_dim, amc['ddpg_cfg'],
+                              amc['action_range'])
+            self.history = run_amc_search(env, agent, callback=callback)
+        finally:
+            env.close()
+        _atomic_write(osp.join(self.work_dir, 'amc_best_state.pth'),
+                      lambda p: torch.save(best['state'], p))
+        seconds = time.perf_counter() - t0
+        b = recorder.best
+        done = {
+            'fingerprint': self._fingerprint(),
+            'dense': dense, 'episodes': len(self.history),
+            'seconds': round(seconds, 2),
+            'episodes_per_minute': round(60 * len(self.history) / seconds, 3),
+            'best': {k: v for k, v in b.items()},
+            'csv': recorder.csv_path,
+            'protocol': amc['protocol'],
+            'pruning_method': amc['pruning_method'],
+            'target_density': amc['target_density'],
+        }
+
+        def write(p):
+            with open(p, 'w') as f:
+                json.dump(done, f, indent=2, default=str)
+        _atomic_write(osp.join(self.work_dir, 'amc_search.json'), write)
+        return done
+
+
+@HOOKS.register_module()
+class AMCPruningHook(PruningHook):
+    """:class:`PruningHook` that gives :class:`AMCPruning` the work dir
+    (search outputs, reuse) and the validation loader before pruning."""
+
+    def before_train(self, runner) -> None:
+        algo = _algo(runner)
+        algo.work_dir = runner.work_dir
+        algo.val_loader = runner.val_dataloader
+        super().before_train(runner)
+

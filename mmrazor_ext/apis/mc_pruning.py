@@ -1,0 +1,351 @@
+"""Knight-MC style facade: ``MCPruning`` (seeds/003, "Pruning").
+
+The YAML file has the sections of Knight's ``pruning_template.yaml``::
+
+    app_args:
+      arch: resnet20_fmnist        # names the entry under network
+      dataset: fashion_mnist
+      input_shape: [1, 1, 28, 28]
+      device: 0                    # GPU id when CUDA is available, or 'cpu'
+      output_dir: ./output
+      seed: 0                      # addition: seeds the agent and sampling
+    amc_cfg:
+      agent_algo: DDPG
+      protocol: mac-constrained    # accuracy-guaranteed,
+                                   # mac-constrained-experimental, punish-agent
+      pruning_pattern: channels
+      pruning_method: l1-rank      # stochastic-l1-rank, fm-reconstruction
+      target_density: 0.5          # fraction of the MACs kept
+      n_points_per_fm: 10
+      group_size: 1
+      action_range: [0.05, 0.95]
+      save_top_k: 5                # addition: checkpoints kept (best reward)
+      latency_weight: 0.0          # addition: reward -= w * latency / dense
+      ddpg_cfg: {bsize: 64, warmup: 100, num_training_episodes: 300, ...}
+    network:
+      resnet20_fmnist: [backbone.layer1.0.conv1, ...]   # omitted: all layers
+    docker_cfg:
+      run_latency: False
+      latency_cmd: null            # addition: 'mybench --onnx {onnx}'
+      latency_repeats: 10          # addition
+      chip: ...                    # Knight keys: accepted, usable as
+                                   # {chip} ... fields of latency_cmd
+
+``network`` entries name layers whose **output** channels are pruned (with
+every consumer's inputs). Layers sharing their output channels with others
+(residual groups) must be listed together, otherwise a ``ValueError`` names
+the missing ones (KMC notes, point 2).
+
+Usage mirrors Knight::
+
+    need_args = {'model_fn': model, 'val_fn': partial(validate, loader=val),
+                 'config_file': 'pruning_config.yaml'}
+    MCPruning.prune_model(need_args)       # writes output_dir/kmc-pruning.csv
+    MCPruning.load_pruned_model(model, weight_file=best)   # in place
+    ...fine-tune...
+    MCPruning.save_pruned_model(model, 'pruned.pth', {'acc': acc})
+
+``val_fn(model)`` returns ``{'ind1', 'ind2', 'vloss'}`` in percent (vloss
+optional). The optional ``need_args['calib_fn'](model)`` runs before every
+evaluation (e.g. BN recalibration on training batches: pruned models are
+judged far too harshly with stale BN statistics); ``feature_fn(model)``
+runs the forward passes whose features fm-reconstruction samples (default:
+``val_fn``). The model passed in is given back unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import yaml
+from mmengine.logging import print_log
+from torch import nn
+
+from mmrazor_ext.engine.checkpoint import safe_load
+from mmrazor_ext.pruners import ChannelPruner
+from mmrazor_ext.pruners.channel_pruner import _atomic_write
+from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
+from mmrazor_ext.search.amc_search import (
+    KMCRecorder,
+    LatencyProvider,
+    episode_meta,
+    parse_amc_cfg,
+    rebuild_pruned,
+    save_pruned_checkpoint,
+)
+from mmrazor_ext.search.ddpg import DDPGAgent
+
+__all__ = ['MCPruning', 'load_pruning_config']
+
+_SECTIONS = ('app_args', 'amc_cfg', 'network', 'docker_cfg')
+_APP_ARGS = {'arch': str, 'dataset': str, 'input_shape': (list, tuple),
+             'device': (int, str), 'output_dir': str, 'seed': int}
+_DOCKER = {'run_latency': bool, 'chip': str, 'image_path': str,
+           'localhost_dir': str, 'container_dir': str, 'workspace_dir': str,
+           'container_name': str, 'bit_width': int, 'is_sparse': bool,
+           'latency_cmd': (str, type(None)), 'latency_repeats': int}
+_NEED_ARGS = ('model_fn', 'val_fn', 'config_file', 'calib_fn', 'feature_fn')
+
+
+def _check_types(d: Mapping, schema: dict, where: str) -> None:
+    for key, value in d.items():
+        if key not in schema:
+            raise KeyError(f'{where}.{key}: unknown key; allowed keys: '
+                           f'{", ".join(schema)}')
+        types = schema[key]
+        ok = isinstance(value, types)
+        if isinstance(value, bool) and bool not in (
+                types if isinstance(types, tuple) else (types,)):
+            ok = False
+        if not ok:
+            raise ValueError(f'{where}.{key}: wrong type '
+                             f'{type(value).__name__} ({value!r})')
+
+
+def load_pruning_config(config_file: str | Mapping) -> dict:
+    """Read and validate a Knight pruning YAML (or an equivalent dict).
+
+    Returns:
+        ``{'app_args', 'amc_cfg' (parsed, defaults filled), 'layers' (list
+        or None), 'docker_cfg'}``.
+
+    Raises:
+        KeyError / ValueError: naming the offending field.
+    """
+    if isinstance(config_file, Mapping):
+        cfg = dict(config_file)
+    else:
+        if not osp.isfile(config_file):
+            raise FileNotFoundError(f'config_file: {config_file} not found')
+        with open(config_file) as f:
+            cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError('config_file: the YAML must be a mapping of '
+                         f'sections {", ".join(_SECTIONS)}')
+    for key in cfg:
+        if key not in _SECTIONS:
+            raise KeyError(f'{key}: unknown section; allowed sections: '
+                           f'{", ".join(_SECTIONS)}')
+    app = dict(cfg.get('app_args') or {})
+    _check_types(app, _APP_ARGS, 'app_args')
+    for key in ('arch', 'input_shape'):
+        if key not in app:
+            raise KeyError(f'app_args.{key}: required')
+    shape = app['input_shape']
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool)
+                            and s > 0 for s in shape):
+        raise ValueError(f'app_args.input_shape: must be a list of positive '
+                         f'integers, got {shape!r}')
+    app.setdefault('dataset', '')
+    app.setdefault('device', 0)
+    app.setdefault('output_dir', './output')
+    app.setdefault('seed', 0)
+    amc_raw = cfg.get('amc_cfg') or {}
+    if not isinstance(amc_raw, Mapping):
+        raise ValueError('amc_cfg: must be a mapping')
+    amc = parse_amc_cfg(amc_raw, 'amc_cfg')
+    if 'seed' not in (amc_raw.get('ddpg_cfg') or {}):
+        amc['ddpg_cfg'].seed = int(app['seed'])
+    network = cfg.get('network')
+    layers = None
+    if network:
+        if not isinstance(network, Mapping):
+            raise ValueError('network: must map app_args.arch to a list of '
+                             'layer names')
+        if app['arch'] not in network:
+            raise KeyError(f"network: no entry for app_args.arch "
+                           f"{app['arch']!r} (has {', '.join(network)})")
+        layers = network[app['arch']]
+        if layers is not None:
+            if not isinstance(layers, (list, tuple)) or not all(
+                    isinstance(n, str) for n in layers):
+                raise ValueError(f"network.{app['arch']}: must be a list of "
+                                 'layer names')
+            layers = [n[:-len('.weight')] if n.endswith('.weight') else n
+                      for n in layers]
+    docker = dict(cfg.get('docker_cfg') or {})
+    _check_types(docker, _DOCKER, 'docker_cfg')
+    docker.setdefault('run_latency', False)
+    docker.setdefault('latency_cmd', None)
+    docker.setdefault('latency_repeats', 10)
+    if docker['latency_repeats'] < 1:
+        raise ValueError('docker_cfg.latency_repeats: must be >= 1')
+    return {'app_args': app, 'amc_cfg': amc, 'layers': layers,
+            'docker_cfg': docker}
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    if isinstance(device, int) and device >= 0 and torch.cuda.is_available():
+        dev = torch.device('cuda', device)
+        model.to(dev)
+        return dev
+    if isinstance(device, str) and device != 'cpu':
+        dev = torch.device(device)
+        model.to(dev)
+        return dev
+    ref = next(iter(model.parameters()), None)
+    return ref.device if ref is not None else torch.device('cpu')
+
+
+class MCPruning:
+    """``prune_model`` / ``load_pruned_model`` / ``save_pruned_model``."""
+
+    @staticmethod
+    def prune_model(need_args: Mapping[str, Any]) -> dict:
+        """Search per-layer keep ratios with AMC (DDPG) and save the best.
+
+        Args:
+            need_args: ``model_fn`` (the trained model, or a function
+                returning it), ``val_fn`` (``val_fn(model) -> {'ind1',
+                'ind2', 'vloss'}``, percent), ``config_file`` (YAML path or
+                dict); optional ``calib_fn(model)`` (before every
+                evaluation) and ``feature_fn(model)`` (data for
+                fm-reconstruction).
+
+        Returns:
+            Summary: dense metrics, best episode, csv and checkpoint paths,
+            seconds, episodes per minute (also in
+            ``output_dir/amc-summary.json``).
+        """
+        if not isinstance(need_args, Mapping):
+            raise TypeError('need_args must be a dict with model_fn, val_fn '
+                            'and config_file')
+        for key in need_args:
+            if key not in _NEED_ARGS:
+                raise KeyError(f'need_args.{key}: unknown key; allowed: '
+                               f'{", ".join(_NEED_ARGS)}')
+        for key in ('model_fn', 'val_fn', 'config_file'):
+            if need_args.get(key) is None:
+                raise KeyError(f'need_args.{key}: required')
+        for key in ('val_fn', 'calib_fn', 'feature_fn'):
+            if need_args.get(key) is not None and \
+                    not callable(need_args[key]):
+                raise TypeError(f'need_args.{key}: must be callable')
+        cfg = load_pruning_config(need_args['config_file'])
+        model = need_args['model_fn']
+        if not isinstance(model, nn.Module):
+            model = model()
+        if not isinstance(model, nn.Module):
+            raise TypeError('need_args.model_fn: must be an nn.Module or '
+                            'return one')
+        app, amc, docker = cfg['app_args'], cfg['amc_cfg'], cfg['docker_cfg']
+        device = _device(model, app['device'])
+        out_dir = app['output_dir']
+        os.makedirs(out_dir, exist_ok=True)
+        example = torch.randn(*app['input_shape'], device=device)
+        was_training = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        pruner = ChannelPruner(model, example)
+        latency_fn = None
+        if docker['run_latency']:
+            fields = {k: v for k, v in docker.items()
+                      if k not in ('run_latency', 'latency_cmd',
+                                   'latency_repeats')}
+            latency_fn = LatencyProvider(
+                (example,), docker['latency_cmd'], docker['latency_repeats'],
+                fields)
+        env = AMCEnv(
+            pruner, need_args['val_fn'], layers=cfg['layers'],
+            target_density=amc['target_density'],
+            action_range=amc['action_range'],
+            pruning_method=amc['pruning_method'],
+            n_points_per_fm=amc['n_points_per_fm'],
+            group_size=amc['group_size'], protocol=amc['protocol'],
+            feature_fn=need_args.get('feature_fn'),
+            calib_fn=need_args.get('calib_fn'), latency_fn=latency_fn,
+            latency_weight=amc['latency_weight'], seed=app['seed'],
+            where=f"network.{app['arch']}")
+        try:
+            dense = env.evaluate_dense()
+            print_log(f"dense model: ind1 {dense['ind1']:.2f}, ind2 "
+                      f"{dense['ind2']:.2f}, {env.dense_macs / 1e6:.2f} M "
+                      f'MACs; {len(env.decisions)} decisions, target '
+                      f"density {amc['target_density']}", logger='current')
+            agent = DDPGAgent(env.state_dim, amc['ddpg_cfg'],
+                              amc['action_range'])
+
+            def save(path, info):
+                save_pruned_checkpoint(path, info['model'], pruner,
+                                       info['subnet'], episode_meta(info))
+            recorder = KMCRecorder(out_dir, app['arch'], amc['save_top_k'],
+                                   save)
+            history = run_amc_search(env, agent, callback=recorder)
+        finally:
+            env.close()
+            model.train(was_training)
+        seconds = time.perf_counter() - t0
+        best = recorder.best
+        summary = {
+            'dense': dense, 'dense_macs': env.dense_macs,
+            'dense_params': env.dense_params,
+            'dense_latency_ms': env.dense_latency,
+            'episodes': len(history), 'seconds': round(seconds, 2),
+            'episodes_per_minute': round(60 * len(history) / seconds, 3),
+            'csv': recorder.csv_path,
+            'best': {k: v for k, v in best.items()} if best else None,
+            'best_checkpoint': osp.join(out_dir, best['ckpt_name'])
+            if best else None,
+            'protocol': amc['protocol'],
+            'target_density': amc['target_density'],
+        }
+
+        def write(p):
+            with open(p, 'w') as f:
+                json.dump(summary, f, indent=2, default=str)
+        _atomic_write(osp.join(out_dir, 'amc-summary.json'), write)
+        print_log(f'AMC search done: {len(history)} episodes in '
+                  f'{seconds:.0f} s; best {summary["best_checkpoint"]}',
+                  logger='current')
+        return summary
+
+    @staticmethod
+    def load_pruned_model(model: nn.Module, weight_file: str) -> nn.Module:
+        """Rebuild the pruned structure of ``weight_file`` in ``model``.
+
+        ``model`` must be a freshly built model of the original definition;
+        its layers are sliced in place (the same ``Parameter`` objects now
+        hold the pruned weights, so an optimizer created before this call
+        still trains the model, as in Knight's demo) and the saved weights
+        are loaded.
+
+        Returns:
+            ``model`` (pruned, same object).
+        """
+        ckpt = safe_load(weight_file)
+        info = rebuild_pruned(model, ckpt, where=f'weight_file {weight_file}')
+        model.__dict__['_kmc_pruning'] = info
+        return model
+
+    @staticmethod
+    def save_pruned_model(model: nn.Module, save_name: str,
+                          extras: Mapping[str, Any] | None = None) -> str:
+        """Save a model returned by :meth:`load_pruned_model` (e.g. after
+        fine-tuning) so that :meth:`load_pruned_model` can rebuild it.
+
+        Args:
+            model: The pruned model.
+            save_name: Output path.
+            extras: Extra entries (accuracy, optimizer state, latency ...);
+                tensors and plain values keep the file loadable with
+                ``weights_only=True``.
+        """
+        info = model.__dict__.get('_kmc_pruning')
+        if info is None:
+            raise RuntimeError('save_pruned_model: model was not rebuilt by '
+                               'MCPruning.load_pruned_model')
+        data = {'state_dict': {k: v.detach().cpu()
+                               for k, v in model.state_dict().items()},
+                'kmc_pruning': info}
+        for k, v in (extras or {}).items():
+            if k in data:
+                raise KeyError(f'extras.{k}: reserved key')
+            data[k] = v
+        _atomic_write(save_name, lambda p: torch.save(data, p))
+        return save_name
+

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Hybrid search on a CIFAR-10 ResNet-56 (the seed's command), then train the
+# best subnet.
+# Usage: bash scripts/hybrid_search/run_hybrid_cifar_resnet56.sh MODE
+#   MODE: test_search_geatpy_discrete_inference (= search) | search | train
+#         | all | quick
+# ---- paths and knobs (override from the environment) ------------------------
+DATA_ROOT="${DATA_ROOT:-data/cifar10}"
+BASE_CONFIG="configs/baselines/resnet56_1xb128_cifar10.py"
+SEARCH_CONFIG="configs/hybrid_search/hybrid_search_resnet56_1xb128_cifar10.py"
+TRAIN_CONFIG="configs/hybrid_search/hybrid_train_resnet56_1xb128_cifar10.py"
+BASE_WORK_DIR="${BASE_WORK_DIR:-work_dirs/resnet56_1xb128_cifar10}"
+BASE_EPOCHS="${BASE_EPOCHS:-200}"
+# N_TRIALS=100 WORKERS=1 TARGET=0.50 NGPUS=1 CKPT=... SUBNET_JSON=...
+# -----------------------------------------------------------------------------
+source "$(dirname "$0")/_hybrid_common.sh"
+hybrid_main "${1:-all}"
