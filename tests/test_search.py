@@ -390,3 +390,28 @@ def test_torchrun_ranks_share_one_study(tmp_path, tiny_fmnist, tiny_baseline):
                                          TrialState.WAITING}
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) >= 10
     assert (out / 'search_results.json').exists()
+
+
+def test_prefixed_checkpoint_and_file_mode(tmp_path):
+    """An algorithm checkpoint (keys under ``architecture.``) initialises
+    another algorithm; subnet JSONs get the usual file mode, not 0600."""
+    from mmengine.config import Config
+
+    from mmrazor_ext.algorithms import HybridSearch
+    from mmrazor_ext.registry import MODELS, register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(os.path.join(
+        ROOT, 'configs/baselines/resnet20_1xb128_fashionmnist.py'))
+    arch = dict(cfg.model, data_preprocessor=cfg.data_preprocessor)
+    src = MODELS.build(arch)
+    torch.save({'state_dict': {f'architecture.{k}': v for k, v in
+                               src.state_dict().items()}},
+               tmp_path / 'algo.pth')
+    algo = HybridSearch(arch, input_shape=(1, 1, 28, 28),
+                        init_checkpoint=str(tmp_path / 'algo.pth'))
+    for k, v in src.state_dict().items():
+        assert torch.equal(algo.architecture.state_dict()[k], v)
+    path = algo.pruner.save_subnet(str(tmp_path / 's.json'), weights=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -38,6 +38,11 @@ class ArchitectureAlgorithm(BaseModel):
         if init_checkpoint:
             state = safe_load(init_checkpoint)
             state = state.get('state_dict', state)
+            # A checkpoint of another algorithm (e.g. an AutoSlim supernet)
+            # stores the same network under ``architecture.``.
+            prefix = 'architecture.'
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
             self.architecture.load_state_dict(state)
             print_log(f'loaded {init_checkpoint}', logger='current')
 
