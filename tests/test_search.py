@@ -305,15 +305,18 @@ def test_train_searched_subnet(tmp_path, killed_and_resumed, tiny_fmnist,
     assert sum(trained) < dense
 
 
-def test_hybrid_script_quick(tmp_path, tiny_fmnist):
+@pytest.mark.parametrize('depth', [20, 56])
+def test_hybrid_script_quick(tmp_path, tiny_fmnist, depth):
     env = dict(DATA_ROOT=tiny_fmnist, BASE_WORK_DIR=str(tmp_path / 'base'),
                BASE_EPOCHS='1', SEARCH_WORK_DIR=str(tmp_path / 'search'),
                TRAIN_WORK_DIR=str(tmp_path / 'train'), QUICK_TRIALS='6')
-    run_tool(['bash', 'scripts/hybrid_search/run_hybrid_fashionmnist_resnet20.sh',
-              'quick'], env=env, timeout=400)
+    script = f'scripts/hybrid_search/run_hybrid_fashionmnist_resnet{depth}.sh'
+    run_tool(['bash', script, 'quick'], env=env, timeout=400)
     assert (tmp_path / 'base' / 'search_results.json').exists()
     assert (tmp_path / 'base' / 'subnet_flops0.50.json').exists()
     assert (tmp_path / 'train' / 'epoch_1.pth').exists()
+    if depth != 20:
+        return
     # the seed's mode name is an alias of `search` (resumes: no new trials)
     run_tool(['bash', 'scripts/hybrid_search/run_hybrid_fashionmnist_resnet20.sh',
               'test_search_geatpy_discrete_inference'],
@@ -327,7 +330,8 @@ def test_hybrid_script_quick(tmp_path, tiny_fmnist):
              timeout=400)
 
 
-def test_cifar_script_quick(tmp_path):
+@pytest.mark.parametrize('depth', [18, 56])
+def test_cifar_script_quick(tmp_path, depth):
     data = make_cifar10(str(tmp_path / 'cifar'))
     extra = ' '.join(f'{s}_dataloader.dataset.verify_md5=False'
                      for s in ('train', 'val', 'test'))
@@ -335,7 +339,7 @@ def test_cifar_script_quick(tmp_path):
                BASE_WORK_DIR=str(tmp_path / 'base'), BASE_EPOCHS='1',
                SEARCH_WORK_DIR=str(tmp_path / 'search'),
                TRAIN_WORK_DIR=str(tmp_path / 'train'), QUICK_TRIALS='4')
-    run_tool(['bash', 'scripts/hybrid_search/run_hybrid_cifar_resnet56.sh',
+    run_tool(['bash', f'scripts/hybrid_search/run_hybrid_cifar_resnet{depth}.sh',
               'quick'], env=env, timeout=400)
     assert (tmp_path / 'train' / 'epoch_1.pth').exists()
 
