@@ -217,27 +217,16 @@ class OneShotPruning(ArchitectureAlgorithm):
         small = self.pruner.export()
         subnet_path = osp.join(work_dir, 'subnet.json')
         self.pruner.save_subnet(subnet_path, weights=False)
-        ckpt = osp.join(work_dir, 'pruned_model.pth')
-        tmp = ckpt + '.tmp'
-        torch.save({'state_dict': small.state_dict(),
-                    'meta': {'subnet': 'subnet.json',
-                             'algorithm': type(self).__name__}}, tmp)
-        os.replace(tmp, ckpt)
-        after = self.complexity(small)
-        report = dict(self.report)
-        report.update(
-            flops_after=after['flops'], params_after=after['params'],
-            flops_ratio=after['flops'] / max(report.get('flops_before', 1), 1),
-            export_check=self.pruner.last_export_report,
-            pruned_model=ckpt, subnet=subnet_path)
+        report = save_pruned(self, work_dir, small, subnet_path,
+                             self.pruner.last_export_report)
         if val_batches is not None:
             report['top1_after'] = evaluate_top1(small, val_batches)
         _write_json(osp.join(work_dir, 'report.json'), report)
         self.report = report
         print_log(f"exported: FLOPs {report['flops_before'] / 1e6:.2f} M -> "
-                  f"{after['flops'] / 1e6:.2f} M, params "
+                  f"{report['flops_after'] / 1e6:.2f} M, params "
                   f"{report['params_before'] / 1e6:.3f} M -> "
-                  f"{after['params'] / 1e6:.3f} M; files in {work_dir}",
+                  f"{report['params_after'] / 1e6:.3f} M; files in {work_dir}",
                   logger='current')
         return report
 
@@ -289,6 +278,25 @@ class IterativePruning(OneShotPruning):
         else:
             t['ratio'] = t['ratio'] * f
         return t
+
+
+def save_pruned(algo, work_dir: str, small: nn.Module, subnet_path: str,
+                export_check) -> dict:
+    """Write ``pruned_model.pth`` (temp file, then rename); ``algo``'s report
+    updated with the exported model's FLOPs and params."""
+    ckpt = osp.join(work_dir, 'pruned_model.pth')
+    tmp = ckpt + '.tmp'
+    torch.save({'state_dict': small.state_dict(),
+                'meta': {'subnet': osp.basename(subnet_path),
+                         'algorithm': type(algo).__name__}}, tmp)
+    os.replace(tmp, ckpt)
+    after = algo.complexity(small)
+    report = dict(algo.report)
+    report.update(
+        flops_after=after['flops'], params_after=after['params'],
+        flops_ratio=after['flops'] / max(report.get('flops_before', 1), 1),
+        export_check=export_check, pruned_model=ckpt, subnet=subnet_path)
+    return report
 
 
 def _take(batches, n):

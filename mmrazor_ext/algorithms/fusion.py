@@ -61,7 +61,7 @@ from mmrazor_ext.graph import (
 from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
 from mmrazor_ext.registry import METRICS, MODELS
 
-from .channel_pruning import OneShotPruning, _take, _write_json
+from .channel_pruning import OneShotPruning, _take, _write_json, save_pruned
 
 __all__ = ['LayerFusion', 'block_flops', 'load_fused_model',
            'merge_flops_delta', 'plan_fusion', 'select_blocks']
@@ -594,18 +594,7 @@ class LayerFusion(ArchitectureAlgorithm):
             subnet['channel_subnet'] = osp.basename(path)
         subnet_path = osp.join(work_dir, 'subnet.json')
         _write_json(subnet_path, subnet)
-        ckpt = osp.join(work_dir, 'pruned_model.pth')
-        tmp = ckpt + '.tmp'
-        torch.save({'state_dict': small.state_dict(),
-                    'meta': {'subnet': 'subnet.json',
-                             'algorithm': type(self).__name__}}, tmp)
-        os.replace(tmp, ckpt)
-        after = self.complexity(small)
-        report = dict(self.report)
-        report.update(
-            flops_after=after['flops'], params_after=after['params'],
-            flops_ratio=after['flops'] / max(report.get('flops_before', 1), 1),
-            export_check=check, pruned_model=ckpt, subnet=subnet_path)
+        report = save_pruned(self, work_dir, small, subnet_path, check)
         if val_batches is not None:
             report['top1_after'] = evaluate_top1(small, val_batches)
         _write_json(osp.join(work_dir, 'report.json'), report)
@@ -613,7 +602,7 @@ class LayerFusion(ArchitectureAlgorithm):
         print_log(f"exported: removed {len(self.removed)} blocks, merged "
                   f"{len(self.merged)}, FLOPs "
                   f"{report.get('flops_before', 0) / 1e6:.2f} M -> "
-                  f"{after['flops'] / 1e6:.2f} M; files in {work_dir}",
+                  f"{report['flops_after'] / 1e6:.2f} M; files in {work_dir}",
                   logger='current')
         return report
 

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     from torch.func import functional_call as _fc  # noqa: F401
     raise
 
-__all__ = ['ChannelSpace', 'ChannelGraph', 'LayerRecord',
+__all__ = ['ChannelSpace', 'ChannelGraph', 'LayerRecord', 'TensorPath',
            'UnsupportedOpError', 'run_tensor_forward']
 
 
@@ -135,6 +135,19 @@ def run_tensor_forward(model: nn.Module, inputs: Sequence[torch.Tensor]):
     """Call ``model`` on its tensor path (``mode='tensor'`` for mmengine)."""
     extra = default_concrete_args(model) or {}
     return model(*inputs, **extra)
+
+
+class TensorPath(nn.Module):
+    """``model``'s tensor path as a one-input module returning the logits
+    (ONNX export, latency measurement of mmengine models)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = run_tensor_forward(self.model, (x,))
+        return out[-1] if isinstance(out, (tuple, list)) else out
 
 
 def _target_name(node: fx.Node) -> str:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mmrazor_ext.estimators import measure_latency
-from mmrazor_ext.graph import run_tensor_forward, trace_model
+from mmrazor_ext.graph import TensorPath, trace_model
 from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.pruners.channel_pruner import _atomic_write
 
@@ -260,16 +260,6 @@ def count_ops(model: nn.Module) -> int:
                for n in gm.graph.nodes)
 
 
-class _TensorPath(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = run_tensor_forward(self.model, (x,))
-        return out[-1] if isinstance(out, (tuple, list)) else out
-
-
 class LatencyProvider:
     """Latency (ms) and op count of a model.
 
@@ -316,7 +306,7 @@ class LatencyProvider:
         x = self.example_inputs[0]
         with tempfile.TemporaryDirectory() as d:
             path = osp.join(d, 'model.onnx')
-            wrapper = _TensorPath(model).eval()
+            wrapper = TensorPath(model).eval()
             with torch.no_grad():
                 torch.onnx.export(wrapper, (x,), path, dynamo=False,
                                   opset_version=17, input_names=['input'],

@@ -74,6 +74,23 @@ def train(model, loader, epochs, lr, desc):
 
 
 @torch.no_grad()
+def cached_baseline(depth: int, loader, epochs: int, out_dir: str):
+    """A ResNet (CIFAR layout) trained ``epochs`` on ``loader``'s data, cached
+    in ``out_dir`` by depth, epochs and sample count."""
+    from mmrazor_ext.engine import safe_load
+    from mmrazor_ext.models import CifarResNet
+    ckpt = osp.join(out_dir, f'baseline_r{depth}_{epochs}e_'
+                    f'{len(loader.dataset)}.pth')
+    model = CifarResNet(depth, 10, 1)
+    if osp.exists(ckpt):
+        model.load_state_dict(safe_load(ckpt))
+    else:
+        train(model, loader, epochs, 0.2, 'baseline')
+        torch.save(model.state_dict(), ckpt + '.tmp')
+        os.replace(ckpt + '.tmp', ckpt)
+    return model
+
+
 def top1(model, loader):
     model.eval()
     correct = total = 0
@@ -129,7 +146,6 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/benchmark_accuracy_at_flops')
     args = p.parse_args(argv)
-    from mmrazor_ext.models import CifarResNet
     torch.manual_seed(args.seed)
     xs, ys = load_fmnist(args.data_root, 'train', args.train_samples)
     xt, yt = load_fmnist(args.data_root, 'test', args.test_samples)
@@ -137,17 +153,9 @@ def main(argv=None):
                               shuffle=True, drop_last=True)
     test_loader = DataLoader(TensorDataset(xt, yt), 512)
     os.makedirs(args.out_dir, exist_ok=True)
-    ckpt = osp.join(args.out_dir, f'baseline_r{args.depth}_'
-                    f'{args.baseline_epochs}e_{len(xs)}.pth')
-    model = CifarResNet(args.depth, 10, 1)
     t0 = time.time()
-    if osp.exists(ckpt):
-        from mmrazor_ext.engine import safe_load
-        model.load_state_dict(safe_load(ckpt))
-    else:
-        train(model, train_loader, args.baseline_epochs, 0.2, 'baseline')
-        torch.save(model.state_dict(), ckpt + '.tmp')
-        os.replace(ckpt + '.tmp', ckpt)
+    model = cached_baseline(args.depth, train_loader, args.baseline_epochs,
+                            args.out_dir)
     dense = top1(model, test_loader)
     rows = [{'method': 'dense', 'flops_ratio': 1.0, 'top1_pruned': dense,
              'top1_finetuned': dense}]

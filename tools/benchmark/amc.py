@@ -30,7 +30,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from tools.benchmark.accuracy_at_flops import load_fmnist, top1, train  # noqa: E402
+from tools.benchmark.accuracy_at_flops import (  # noqa: E402
+    cached_baseline,
+    load_fmnist,
+    top1,
+)
 
 
 def _batches(x, y, batch_size):
@@ -96,17 +100,9 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
 
     # baseline (cached)
-    ckpt = osp.join(args.out_dir, f'baseline_r{args.depth}_'
-                    f'{args.baseline_epochs}e_{len(xs)}.pth')
-    model = CifarResNet(args.depth, 10, 1)
     t0 = time.time()
-    if osp.exists(ckpt):
-        from mmrazor_ext.engine import safe_load
-        model.load_state_dict(safe_load(ckpt))
-    else:
-        train(model, train_loader, args.baseline_epochs, 0.2, 'baseline')
-        torch.save(model.state_dict(), ckpt + '.tmp')
-        os.replace(ckpt + '.tmp', ckpt)
+    model = cached_baseline(args.depth, train_loader, args.baseline_epochs,
+                            args.out_dir)
     baseline_seconds = time.time() - t0
     model.eval()
     dense_test = top1(model, test_loader)

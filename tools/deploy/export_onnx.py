@@ -24,7 +24,6 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from tools.model_loading import build_from_config  # noqa: E402
 
@@ -42,19 +41,6 @@ def parse_args(argv=None):
                    help='allowed max abs difference onnxruntime vs torch')
     p.add_argument('--cfg-options', nargs='*', default=[])
     return p.parse_args(argv)
-
-
-class TensorPath(nn.Module):
-    """``model(inputs, mode='tensor')`` as a one-input module (logits)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        from mmrazor_ext.graph import run_tensor_forward
-        out = run_tensor_forward(self.model, (x,))
-        return out[-1] if isinstance(out, (tuple, list)) else out
 
 
 def build_model(args):
@@ -96,6 +82,7 @@ def build_model(args):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     model, example = build_model(args)
+    from mmrazor_ext.graph import TensorPath
     wrapper = TensorPath(model).eval()
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     x = torch.randn(2, *example.shape[1:])
