@@ -78,7 +78,7 @@ def test_evaluator_restores_bn_and_is_repeatable(small_setup):
 def test_evaluator_recalibration_matters(small_setup):
     model, pruner = small_setup
     sub = pruner.sample_subnet_uniform(0.6)
-    from mmrazor_ext.engine.evaluation import recalibrate_bn
+    from mmrazor_ext.utils.evaluation import recalibrate_bn
     before = bn_state(model)
     pruner.set_subnet(sub)
     recalibrate_bn(model, _batches(3), 3)

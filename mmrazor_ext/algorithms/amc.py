@@ -41,12 +41,6 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
-from mmrazor_ext.engine.evaluation import (
-    evaluate_top1,
-    recalibrate_bn,
-    to_tensors,
-)
-from mmrazor_ext.pruners.channel_pruner import _atomic_write
 from mmrazor_ext.registry import HOOKS, MODELS
 from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
 from mmrazor_ext.search.amc_search import (
@@ -57,6 +51,12 @@ from mmrazor_ext.search.amc_search import (
     save_pruned_checkpoint,
 )
 from mmrazor_ext.search.ddpg import DDPGAgent
+from mmrazor_ext.utils.evaluation import (
+    evaluate_top1,
+    recalibrate_bn,
+    to_tensors,
+)
+from mmrazor_ext.utils.io import atomic_write
 
 from .channel_pruning import OneShotPruning
 from .hooks import PruningHook, _algo
@@ -311,7 +311,7 @@ class AMCPruning(OneShotPruning):
             self.history = run_amc_search(env, agent, callback=callback)
         finally:
             env.close()
-        _atomic_write(osp.join(self.work_dir, 'amc_best_state.pth'),
+        atomic_write(osp.join(self.work_dir, 'amc_best_state.pth'),
                       lambda p: torch.save(best['state'], p))
         seconds = time.perf_counter() - t0
         b = recorder.best
@@ -330,7 +330,7 @@ class AMCPruning(OneShotPruning):
         def write(p):
             with open(p, 'w') as f:
                 json.dump(done, f, indent=2, default=str)
-        _atomic_write(osp.join(self.work_dir, 'amc_search.json'), write)
+        atomic_write(osp.join(self.work_dir, 'amc_search.json'), write)
         return done
 
 

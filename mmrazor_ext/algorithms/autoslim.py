@@ -54,11 +54,11 @@ from torch import nn
 
 from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
 from mmrazor_ext.engine.checkpoint import safe_load
-from mmrazor_ext.engine.evaluation import recalibrate_bn
 from mmrazor_ext.pruners import ChannelPruner
-from mmrazor_ext.pruners.channel_pruner import _atomic_write
 from mmrazor_ext.registry import LOOPS, MODEL_WRAPPERS, MODELS
 from mmrazor_ext.search import bn_state, load_bn_state, ratio_grid
+from mmrazor_ext.utils.evaluation import recalibrate_bn
+from mmrazor_ext.utils.io import atomic_write
 
 __all__ = ['AutoSlim', 'AutoSlimDDP', 'AutoSlimSearchLoop', 'GreedySlimmer',
            'SandwichRule', 'greedy_slim', 'plot_trajectory',
@@ -569,7 +569,7 @@ def plot_trajectory(trajectory: Sequence[Mapping], path: str,
     def save(p):
         fig.savefig(p, dpi=120, format='png')
     try:
-        _atomic_write(path, save)
+        atomic_write(path, save)
     finally:
         plt.close(fig)
     return path
@@ -726,7 +726,7 @@ class GreedySlimmer:
         def write(p):
             with open(p, 'w') as f:
                 json.dump(data, f, indent=1)
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
     def _load(self) -> bool:
         path = self._path(TRAJECTORY)
@@ -1051,7 +1051,7 @@ class AutoSlimSearchLoop(BaseLoop):
             return
         state = {k: v.detach().cpu()
                  for k, v in model.architecture.state_dict().items()}
-        _atomic_write(path, lambda p: torch.save({'state_dict': state}, p))
+        atomic_write(path, lambda p: torch.save({'state_dict': state}, p))
 
     def run(self):
         runner = self.runner

@@ -19,7 +19,6 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
-from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.metrics import (
     FeatureCollector,
@@ -28,6 +27,7 @@ from mmrazor_ext.metrics import (
 )
 from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.registry import METRICS, MODELS
+from mmrazor_ext.utils.evaluation import evaluate_top1, to_tensors
 
 _FEATURE_STATS = {'cdp': 'pooled', 'apoz': 'zeros', 'hrank': 'rank'}
 _MODES = ('flops', 'uniform', 'global', 'nonuni')

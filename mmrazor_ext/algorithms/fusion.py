@@ -46,7 +46,6 @@ from torch import nn
 
 from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
 from mmrazor_ext.engine.checkpoint import safe_load
-from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.graph import (
     MergeMeter,
@@ -60,6 +59,7 @@ from mmrazor_ext.graph import (
 )
 from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
 from mmrazor_ext.registry import METRICS, MODELS
+from mmrazor_ext.utils.evaluation import evaluate_top1, to_tensors
 
 from .channel_pruning import OneShotPruning, _take, _write_json, save_pruned
 

@@ -7,8 +7,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from mmrazor_ext.engine.evaluation import evaluate_top1, recalibrate_bn
 from mmrazor_ext.registry import HOOKS
+from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn
 
 
 def _algo(runner):

@@ -68,7 +68,6 @@ from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.pruners import ChannelPruner
-from mmrazor_ext.pruners.channel_pruner import _atomic_write
 from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
 from mmrazor_ext.search.amc_search import (
     KMCRecorder,
@@ -79,6 +78,7 @@ from mmrazor_ext.search.amc_search import (
     save_pruned_checkpoint,
 )
 from mmrazor_ext.search.ddpg import DDPGAgent
+from mmrazor_ext.utils.io import atomic_write
 
 __all__ = ['MCPruning', 'load_pruning_config']
 
@@ -298,7 +298,7 @@ class MCPruning:
         def write(p):
             with open(p, 'w') as f:
                 json.dump(summary, f, indent=2, default=str)
-        _atomic_write(osp.join(out_dir, 'amc-summary.json'), write)
+        atomic_write(osp.join(out_dir, 'amc-summary.json'), write)
         print_log(f'AMC search done: {len(history)} episodes in '
                   f'{seconds:.0f} s; best {summary["best_checkpoint"]}',
                   logger='current')
@@ -346,6 +346,6 @@ class MCPruning:
             if k in data:
                 raise KeyError(f'extras.{k}: reserved key')
             data[k] = v
-        _atomic_write(save_name, lambda p: torch.save(data, p))
+        atomic_write(save_name, lambda p: torch.save(data, p))
         return save_name
 

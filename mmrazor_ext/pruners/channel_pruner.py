@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from mmrazor_ext.graph import (
     remove_masks,
 )
 from mmrazor_ext.registry import METRICS, PRUNERS
+from mmrazor_ext.utils.io import atomic_write
 
 __all__ = ['ChannelPruner', 'load_subnet']
 
@@ -39,25 +39,6 @@ def _check_ratio(r: Any, what: str = 'ratio') -> float:
         raise ValueError(f'{what} must be in [0, 1) (fraction of channels '
                          f'removed), got {r!r}')
     return float(r)
-
-
-def _atomic_write(path: str, write) -> None:
-    """Write via a temp file in the same directory, then rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp_', suffix='.part')
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files; give the result the usual mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @PRUNERS.register_module()
@@ -555,13 +536,13 @@ class ChannelPruner:
         if weights:
             wpath = os.path.splitext(path)[0] + '.pth'
             state = self.export().state_dict()
-            _atomic_write(wpath, lambda p: torch.save(state, p))
+            atomic_write(wpath, lambda p: torch.save(state, p))
             data['weights'] = os.path.basename(wpath)
 
         def write_json(p):
             with open(p, 'w') as f:
                 json.dump(data, f, indent=1)
-        _atomic_write(path, write_json)
+        atomic_write(path, write_json)
         return path
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from mmrazor_ext.estimators import measure_latency
 from mmrazor_ext.graph import TensorPath, trace_model
 from mmrazor_ext.pruners import ChannelPruner
-from mmrazor_ext.pruners.channel_pruner import _atomic_write
+from mmrazor_ext.utils.io import atomic_write
 
 from .amc_env import PRUNING_METHODS
 from .amc_rewards import PROTOCOLS
@@ -177,7 +177,7 @@ def save_pruned_checkpoint(path: str, small: nn.Module, pruner: ChannelPruner,
         if k in data:
             raise KeyError(f'extras.{k}: reserved key')
         data[k] = v
-    _atomic_write(path, lambda p: torch.save(data, p))
+    atomic_write(path, lambda p: torch.save(data, p))
     return path
 
 
@@ -414,5 +414,5 @@ class KMCRecorder:
                     vals.append(' '.join(f'{a:.4f}'
                                          for a in r.get('strategy', [])))
                     w.writerow(vals)
-        _atomic_write(self.csv_path, kmc)
-        _atomic_write(osp.join(self.output_dir, 'amc-episodes.csv'), episodes)
+        atomic_write(self.csv_path, kmc)
+        atomic_write(osp.join(self.output_dir, 'amc-episodes.csv'), episodes)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from mmrazor_ext.engine.evaluation import evaluate_top1, recalibrate_bn, to_tensors
 from mmrazor_ext.estimators import measure_latency
+from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn, to_tensors
 
 __all__ = ['AdaptiveBNEvaluator', 'bn_state', 'load_bn_state']
 

@@ -1,0 +1,13 @@
+"""The floor of the package: atomic writes, unwrapping, evaluation helpers.
+
+Nothing here imports another ``mmrazor_ext`` package.
+"""
+from .evaluation import evaluate_top1, recalibrate_bn, to_tensors
+from .io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
+from .model import unwrap_model
+
+__all__ = [
+    'atomic_write', 'atomic_write_text', 'atomic_write_json',
+    'atomic_torch_save', 'unwrap_model', 'evaluate_top1', 'recalibrate_bn',
+    'to_tensors'
+]

@@ -52,10 +52,10 @@ def main(argv=None) -> list:
     from mmengine.config import DictAction
 
     from mmrazor_ext.algorithms import block_flops
-    from mmrazor_ext.engine.evaluation import evaluate_top1, to_tensors
     from mmrazor_ext.graph import find_blocks, remove_blocks
     from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
     from mmrazor_ext.registry import METRICS
+    from mmrazor_ext.utils.evaluation import evaluate_top1, to_tensors
     opts = {k: DictAction._parse_iterable(v) for k, v in
             (o.split('=', 1) for o in args.cfg_options)}
     cfg, model, example = build_from_config(args.config, args.checkpoint, opts)

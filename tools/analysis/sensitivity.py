@@ -50,8 +50,8 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     from mmengine.config import DictAction
 
-    from mmrazor_ext.engine.evaluation import evaluate_top1, recalibrate_bn
     from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn
     opts = {k: DictAction._parse_iterable(v) for k, v in
             (o.split('=', 1) for o in args.cfg_options)}
     cfg, model, example = build_from_config(args.config, args.checkpoint, opts)

@@ -101,9 +101,9 @@ def top1(model, loader):
 
 
 def prune(method, model, train_loader, flops_ratio, seed, metric_batches):
-    from mmrazor_ext.engine.evaluation import recalibrate_bn
     from mmrazor_ext.metrics import FeatureCollector, TaylorAccumulator
     from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.utils.evaluation import recalibrate_bn
     model = copy.deepcopy(model).eval()
     pruner = ChannelPruner(model, torch.randn(1, 1, 28, 28))
     batches = [b for _, b in zip(range(metric_batches), train_loader)]

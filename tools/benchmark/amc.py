@@ -81,9 +81,9 @@ def main(argv=None):
     p.add_argument('--out-dir', default='work_dirs/bench_amc')
     args = p.parse_args(argv)
     from mmrazor_ext.apis import MCPruning
-    from mmrazor_ext.engine.evaluation import recalibrate_bn
     from mmrazor_ext.models import CifarResNet
     from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.utils.evaluation import recalibrate_bn
 
     torch.manual_seed(args.seed)
     t_all = time.time()

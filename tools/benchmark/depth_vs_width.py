@@ -189,10 +189,10 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/bench_depth_vs_width')
     args = p.parse_args(argv)
-    from mmrazor_ext.engine.evaluation import recalibrate_bn
     from mmrazor_ext.estimators import get_model_complexity
     from mmrazor_ext.graph import fold_bn
     from mmrazor_ext.models import CifarResNet
+    from mmrazor_ext.utils.evaluation import recalibrate_bn
     torch.manual_seed(args.seed)
     xs, ys = load_fmnist(args.data_root, 'train', args.train_samples)
     xt, yt = load_fmnist(args.data_root, 'test', args.test_samples)

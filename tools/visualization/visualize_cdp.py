@@ -56,9 +56,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from mmengine.config import DictAction
 
-    from mmrazor_ext.engine.evaluation import to_tensors
     from mmrazor_ext.metrics import FeatureCollector, cdp_scores
     from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.utils.evaluation import to_tensors
     opts = {k: DictAction._parse_iterable(v) for k, v in
             (o.split('=', 1) for o in args.cfg_options)}
     cfg, model, example = build_from_config(args.config, args.checkpoint, opts)

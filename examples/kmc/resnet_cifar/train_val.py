@@ -94,5 +94,5 @@ def validate(model, val_loader):
 def recalibrate(model, train_loader, num_batches: int = 5):
     """Re-estimate BN statistics on a few training batches (used as
     ``calib_fn``: pruned models look far worse with stale statistics)."""
-    from mmrazor_ext.engine.evaluation import recalibrate_bn
+    from mmrazor_ext.utils.evaluation import recalibrate_bn
     recalibrate_bn(model, train_loader, num_batches)
