@@ -47,25 +47,25 @@ FAKE_SPARSES = MODELS
 METRICS = Registry(
     'metric', parent=MMENGINE_METRICS, scope=_SCOPE,
     locations=['mmrazor_ext.metrics'])
+# Every Runner plug-in lives in engine/: hooks in one package, loops in
+# another.
 HOOKS = Registry(
     'hook', parent=MMENGINE_HOOKS, scope=_SCOPE,
-    locations=['mmrazor_ext.engine', 'mmrazor_ext.algorithms'])
+    locations=['mmrazor_ext.engine.hooks'])
 LOOPS = Registry(
     'loop', parent=MMENGINE_LOOPS, scope=_SCOPE,
-    locations=['mmrazor_ext.engine', 'mmrazor_ext.algorithms'])
+    locations=['mmrazor_ext.engine.loops'])
 DATASETS = Registry(
     'dataset', parent=MMENGINE_DATASETS, scope=_SCOPE,
     locations=['mmrazor_ext.datasets'])
-DATA_SAMPLERS = Registry(
-    'data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=_SCOPE,
-    locations=['mmrazor_ext.datasets'])
-TASK_UTILS = Registry(
-    'task util', parent=MMENGINE_TASK_UTILS, scope=_SCOPE,
-    locations=['mmrazor_ext.estimators'])
 
 # The remaining mmengine kinds get a child too, so builds under our scope
 # find mmengine's own components through ``parent`` (no fallback warnings).
 # Other projects' components keep their prefix: ``mmpretrain.PackInputs``.
+# Nothing of ours is registered in them, so they have no ``locations``.
+DATA_SAMPLERS = Registry(
+    'data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=_SCOPE)
+TASK_UTILS = Registry('task util', parent=MMENGINE_TASK_UTILS, scope=_SCOPE)
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=_SCOPE)
 OPTIMIZERS = Registry('optimizer', parent=MMENGINE_OPTIMIZERS, scope=_SCOPE)
 OPTIM_WRAPPERS = Registry(
@@ -96,7 +96,6 @@ SPARSE_SCHEDULERS = Registry(
     'sparse scheduler', scope=_SCOPE, locations=['mmrazor_ext.sparsity'])
 MASK_GENERATORS = Registry(
     'mask generator', scope=_SCOPE, locations=['mmrazor_ext.sparsity'])
-SEARCHERS = Registry('searcher', scope=_SCOPE, locations=['mmrazor_ext.search'])
 
 
 def register_all_modules(init_default_scope: bool = True) -> None:

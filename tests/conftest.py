@@ -2,14 +2,12 @@
 import os
 import struct
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # Tests run on 2 cores, often under pytest-xdist: one thread per process.
 torch.set_num_threads(1)

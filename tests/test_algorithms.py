@@ -110,9 +110,9 @@ def test_iterative_schedule_values():
 def test_bad_target_names_field():
     from mmrazor_ext.algorithms import OneShotPruning
     with pytest.raises(ValueError, match='target.ratio'):
-        OneShotPruning._check_target(dict(mode='flops', ratio=1.5))
+        OneShotPruning.check_target(dict(mode='flops', ratio=1.5))
     with pytest.raises(ValueError, match='target.mode'):
-        OneShotPruning._check_target(dict(mode='magic', ratio=0.5))
+        OneShotPruning.check_target(dict(mode='magic', ratio=0.5))
 
 
 def test_one_shot_fm_reconstruction(tmp_path, tiny_fmnist, trained):
@@ -142,3 +142,162 @@ def test_init_checkpoint_survives_runner_init_weights(trained):
     state = safe_load(trained)['state_dict']
     for key, value in algo.architecture.state_dict().items():
         torch.testing.assert_close(value, state[key], msg=key)
+
+
+# -- the algorithm interface and the one saved format --------------------------
+def _oneshot(**kwargs):
+    from mmengine.config import Config
+
+    from mmrazor_ext.algorithms import OneShotPruning
+    from mmrazor_ext.registry import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(BASELINE)
+    torch.manual_seed(0)
+    return OneShotPruning(cfg.model, input_shape=(1, 1, 28, 28),
+                          data_preprocessor=cfg.data_preprocessor,
+                          bn_recalib_batches=0, **kwargs)
+
+
+def _tiny_batches(n=2, seed=0):
+    """mmengine data batches, as the Runner's train loader gives them."""
+    from mmpretrain.structures import DataSample
+    g = torch.Generator().manual_seed(seed)
+    return [{'inputs': [torch.randint(0, 256, (1, 28, 28), generator=g,
+                                      dtype=torch.uint8) for _ in range(8)],
+             'data_samples': [DataSample().set_gt_label(int(y)) for y in
+                              torch.randint(0, 10, (8,), generator=g)]}
+            for _ in range(n)]
+
+
+def test_algorithms_declare_the_hook_interface():
+    from mmrazor_ext.algorithms import (
+        IterativePruning,
+        LayerFusion,
+        OneShotPruning,
+        PruningAlgorithm,
+    )
+    from mmrazor_ext.algorithms.amc import AMCPruning
+    for cls in (OneShotPruning, IterativePruning, LayerFusion, AMCPruning):
+        assert issubclass(cls, PruningAlgorithm)
+        assert not getattr(cls, '__abstractmethods__', None), cls
+    algo = _oneshot(metric='l1')
+    for attr in ('step', 'report', 'target', 'metric', 'bn_recalib_batches',
+                 'interval', 'num_steps', 'example_inputs'):
+        assert hasattr(algo, attr), attr
+    assert algo.interval is None and algo.num_steps == 1
+    import mmrazor_ext.engine.hooks.pruning_hook as hook_module
+    from mmrazor_ext.registry import HOOKS
+    assert HOOKS.get('PruningHook') is hook_module.PruningHook
+    with open(hook_module.__file__) as f:
+        assert 'algorithms' not in ''.join(
+            line for line in f if line.startswith(('from', 'import')))
+
+
+def test_flops_ratio_is_the_explicit_name_of_ratio():
+    from mmrazor_ext.algorithms import LayerFusion, OneShotPruning
+    t = OneShotPruning.check_target(dict(mode='flops', flops_ratio=0.4))
+    assert t == dict(mode='flops', ratio=0.4, sampling='global')
+    assert OneShotPruning.check_target(
+        dict(mode='flops', ratio=0.4, flops_ratio=0.4))['ratio'] == 0.4
+    assert LayerFusion.check_target(
+        dict(mode='flops', flops_ratio=0.7))['ratio'] == 0.7
+    with pytest.raises(ValueError, match='flops_ratio'):
+        OneShotPruning.check_target(dict(mode='uniform', flops_ratio=0.4))
+    with pytest.raises(ValueError, match='flops_ratio'):
+        OneShotPruning.check_target(
+            dict(mode='flops', ratio=0.5, flops_ratio=0.4))
+    with pytest.raises(ValueError, match='target.ratio'):
+        OneShotPruning.check_target(dict(mode='flops', flops_ratio=1.2))
+    with pytest.raises(ValueError, match='target.sampling'):
+        OneShotPruning.check_target(dict(mode='flops', ratio=0.5,
+                                         sampling='random'))
+    with pytest.raises(ValueError, match='target.ratios'):
+        OneShotPruning.check_target(dict(mode='nonuni', ratios=0.5))
+    with pytest.raises(KeyError, match='ChannelMetric'):
+        _oneshot(metric='block_cka')
+
+
+@pytest.mark.parametrize('metric', ['l1', 'cdp', 'apoz', 'taylor',
+                                    'fm_reconstruction'])
+def test_metric_needs_drive_the_collection(metric):
+    from mmrazor_ext.registry import METRICS
+    algo = _oneshot(metric=metric, target=dict(mode='flops', ratio=0.6),
+                    metric_batches=2)
+    contents = algo.collect_contents(_tiny_batches())
+    assert (contents is None) == (METRICS.get(metric).needs == 'weights')
+    subnet = algo.prune(_tiny_batches())
+    assert algo.step == 1 and subnet.keys() == algo.pruner.subnet.keys()
+    flops = algo.pruner.estimate_flops(subnet)
+    assert abs(flops / algo.pruner.original_flops - 0.6) <= 0.02
+
+
+def test_export_writes_the_one_format_and_it_reloads(tmp_path):
+    from mmengine.config import Config
+
+    from mmrazor_ext.algorithms import load_pruned_model
+    from mmrazor_ext.engine import safe_load
+    from mmrazor_ext.pruners import load_subnet
+    from mmrazor_ext.registry import MODELS
+    algo = _oneshot(metric='l1', target=dict(mode='flops', flops_ratio=0.5))
+    algo.prune([])
+    report = algo.export(str(tmp_path))
+    data = json.loads((tmp_path / 'subnet.json').read_text())
+    assert data['format'] == 'mmrazor_ext.subnet' and data['version'] == 2
+    assert data['weights'] == 'pruned_model.pth'
+    assert data['meta']['algorithm'] == 'OneShotPruning'
+    assert 'removal_mode' not in data and data['spaces']
+    ckpt = safe_load(str(tmp_path / 'pruned_model.pth'))
+    assert ckpt['subnet']['spaces'] == data['spaces']
+    x = torch.randn(2, 1, 28, 28)
+    algo.eval()
+    with torch.no_grad():
+        ref = algo(x)
+    build = lambda: MODELS.build(Config.fromfile(BASELINE).model)  # noqa
+    # either file alone rebuilds the pruned model with its weights
+    for path in ('subnet.json', 'pruned_model.pth'):
+        small = load_pruned_model(build(), str(tmp_path / path)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(small(x, mode='tensor'), ref)
+        assert algo.complexity(small)['flops'] == report['flops_after']
+    # the pruner's reader still reads the structure
+    small = load_subnet(build(), str(tmp_path / 'subnet.json'),
+                        load_weights=False)
+    small.load_state_dict(ckpt['state_dict'])
+
+
+def test_old_pruned_files_still_load(tmp_path):
+    """Version 1 subnet JSON + bare weights, and AMC kmc_pruning files."""
+    from mmrazor_ext.algorithms import load_pruned_model
+    from mmrazor_ext.models import CifarResNet
+    from mmrazor_ext.pruners import ChannelPruner
+    model = CifarResNet(20, 10, 1).eval()
+    x = torch.randn(1, 1, 28, 28)
+    pruner = ChannelPruner(model, (x,))
+    subnet = pruner.sample_subnet_uniform(0.5)
+    pruner.set_subnet(subnet)
+    small = pruner.export()
+    ref = small(x)
+    # version 1, as ChannelPruner.save_subnet wrote it before version 2
+    spaces = {n: {'num_channels': pruner.channel_spaces[n].num_channels,
+                  'kept': m.nonzero().reshape(-1).tolist()}
+              for n, m in pruner.subnet.items()}
+    torch.save(small.state_dict(), tmp_path / 'v1.pth')
+    (tmp_path / 'v1.json').write_text(json.dumps({
+        'format': 'mmrazor_ext.subnet', 'version': 1,
+        'example_inputs': [{'shape': [1, 1, 28, 28],
+                            'dtype': 'torch.float32'}],
+        'ignore_layers': list(pruner.ignore_layers), 'spaces': spaces,
+        'weights': 'v1.pth'}))
+    old = load_pruned_model(CifarResNet(20, 10, 1), str(tmp_path / 'v1.json'))
+    torch.testing.assert_close(old.eval()(x), ref)
+    # AMC's kmc_pruning checkpoint (before version 2)
+    torch.save({'state_dict': small.state_dict(), 'kmc_pruning': {
+        'format': 'mmrazor_ext.kmc_pruning', 'version': 1,
+        'input_shapes': [[1, 1, 28, 28]],
+        'ignore_layers': list(pruner.ignore_layers), 'subnet': spaces,
+        'meta': {'episode': 3}}}, tmp_path / 'amc_ep3.pth')
+    old = load_pruned_model(CifarResNet(20, 10, 1),
+                            str(tmp_path / 'amc_ep3.pth'))
+    torch.testing.assert_close(old.eval()(x), ref)
+    with pytest.raises(ValueError, match='does not match'):
+        load_pruned_model(small, str(tmp_path / 'v1.json'))

@@ -153,17 +153,48 @@ def test_group_size_and_stochastic_l1_rank():
     assert kept[0][name].sum() == kept[2][name].sum()
 
 
-def test_network_list_residual_groups_and_errors():
+def test_network_list_input_channels_and_errors():
+    """Knight semantics: a listed layer's inputs, the preceding filters."""
     from mmrazor_ext.models import CifarResNet
+    model = CifarResNet(20, 10, 1).eval()
+    listed = [f'backbone.layer{s}.{b}.conv2' for s in (1, 2, 3)
+              for b in range(3)]
+    env = _env(model, layers=listed, target_density=0.5)
+    assert [d.layer for d in env.decisions] == listed
+    assert [d.space for d in env.decisions] == \
+        [n.replace('conv2', 'conv1') for n in listed]
+    assert {d.role for d in env.decisions} == {'in'}
+    # a block's conv1 reads the residual stream: an error naming the group
+    with pytest.raises(ValueError, match=r"'backbone.layer2.1.conv1'.*"
+                       'backbone.layer2.0.downsample.0'):
+        _env(model, layers=listed + ['backbone.layer2.1.conv1'])
+    with pytest.raises(KeyError, match="network: layer 'backbone.nope'"):
+        _env(model, layers=['backbone.nope'])
+    with pytest.raises(ValueError, match='network input'):
+        _env(model, layers=['backbone.conv1'])
+    with pytest.raises(ValueError, match="'fc'.*residual add"):
+        _env(model, layers=['fc'])
+    # pruning only three small layers cannot reach 20 % of the MACs
+    with pytest.raises(ValueError, match='amc_cfg.target_density'):
+        _env(model, layers=listed[:3], target_density=0.2)
+
+
+def test_network_list_output_channels_residual_groups():
+    """network_channels='output': filters of the listed layers; residual
+    groups must be listed whole."""
+    from mmrazor_ext.models import CifarResNet
+    from mmrazor_ext.search.amc_decisions import NetworkList
     model = CifarResNet(20, 10, 1).eval()
     inner = [f'backbone.layer{s}.{b}.conv1' for s in (1, 2, 3)
              for b in range(3)]
-    env = _env(model, layers=inner, target_density=0.5)
+    env = _env(model, layers=inner, target_density=0.5,
+               network_channels='output')
     assert [d.layer for d in env.decisions] == inner
     # one residual group listed completely: one decision for the group
     group = ['backbone.layer2.0.conv2', 'backbone.layer2.0.downsample.0',
              'backbone.layer2.1.conv2', 'backbone.layer2.2.conv2']
-    env = _env(model, layers=inner + group, target_density=0.5)
+    env = _env(model, layers=NetworkList(inner + group, 'output'),
+               target_density=0.5)
     assert len(env.decisions) == len(inner) + 1
     env.reset()
     done = False
@@ -172,14 +203,33 @@ def test_network_list_residual_groups_and_errors():
     assert info['subnet']['backbone.layer2.0.conv2'].sum() < 32
     # a group listed partly: the error names the layers left out (KMC note 2)
     with pytest.raises(ValueError, match='downsample'):
-        _env(model, layers=inner + group[:1])
-    with pytest.raises(KeyError, match="network: layer 'backbone.nope'"):
-        _env(model, layers=['backbone.nope'])
+        _env(model, layers=inner + group[:1], network_channels='output')
     with pytest.raises(ValueError, match='cannot be pruned'):
-        _env(model, layers=['fc'])
-    # pruning only three small layers cannot reach 20 % of the MACs
-    with pytest.raises(ValueError, match='amc_cfg.target_density'):
-        _env(model, layers=inner[:3], target_density=0.2)
+        _env(model, layers=['fc'], network_channels='output')
+    with pytest.raises(ValueError, match='network_channels'):
+        _env(model, layers=inner, network_channels='filters')
+
+
+def test_max_fm_points_caps_the_sampled_points():
+    x, y = _data(32)
+    default = _env(val_fn=_val_fn(x, y), pruning_method='fm-reconstruction')
+    capped = _env(val_fn=_val_fn(x, y), pruning_method='fm-reconstruction',
+                  max_fm_points=37)
+    assert default.fm_points.keys() == capped.fm_points.keys()
+    # 32 samples x 10 points per map: the default cap (>= 1000) keeps all
+    assert max(default.fm_points.values()) == 320
+    for name, n in capped.fm_points.items():
+        assert n == min(37, default.fm_points[name]), name
+        assert capped.chooser.features[name].shape[0] == n
+    # the capped features still give a valid, reconstructing episode
+    capped.reset()
+    done = False
+    while not done:
+        _, _, done, info = capped.step(0.5)
+    assert abs(info['normalized_macs'] / 50 - 1) <= 0.02
+    capped.close()
+    with pytest.raises(ValueError, match='max_fm_points'):
+        _env(max_fm_points=0)
 
 
 def test_fm_reconstruction_beats_l1_rank():
@@ -196,7 +246,7 @@ def test_fm_reconstruction_beats_l1_rank():
     for method in ('l1-rank', 'fm-reconstruction'):
         env = _env(model, val_fn=lambda m: (m(x_fit), {'ind1': 0,
                                                        'ind2': 0})[1],
-                   layers=['0'], target_density=0.6, pruning_method=method,
+                   layers=['3'], target_density=0.6, pruning_method=method,
                    action_range=(0.05, 1.0))
         env.reset()
         _, _, done, info = env.step(0.5)
@@ -294,6 +344,47 @@ def test_ddpg_is_deterministic_and_checks_config():
         DDPGConfig.from_dict({'tau': 0})
     with pytest.raises(ValueError, match='window_length'):
         DDPGConfig.from_dict({'window_length': 4})
+
+
+def test_epsilon_decays_the_exploration_noise_linearly():
+    from mmengine.logging import MMLogger
+
+    from mmrazor_ext.search import DDPGAgent, DDPGConfig, run_amc_search
+    cfg = DDPGConfig.from_dict({'epsilon': 10})
+    assert [cfg.noise_scale(n) for n in (0, 5, 10, 20)] == [1, 0.5, 0, 0]
+    assert DDPGConfig().noise_scale(10 ** 6) == 1  # default: off
+    with pytest.raises(ValueError, match='amc_cfg.ddpg_cfg.epsilon'):
+        DDPGConfig.from_dict({'epsilon': -1})
+
+    class Env(_PeakEnv):
+        """Records (executed action, the actor's action) of every step."""
+
+        def step(self, a):
+            self.log.append((a, self.agent.act(self.state)))
+            self.state, r, done, info = super().step(a)
+            return self.state, r, done, info
+
+        def reset(self):
+            self.log = []
+            self.state = super().reset()
+            return self.state
+
+    MMLogger.get_instance('amc_test_quiet', log_level='WARNING')
+    env = Env()
+    # 1 warm-up episode, then 3 training episodes of 4 steps; epsilon = 6
+    # training steps: the last episode explores with no noise at all
+    agent = DDPGAgent(env.state_dim, dict(
+        bsize=4, hidden1=8, hidden2=8, warmup=1, num_training_episodes=3,
+        heatup_noise=0.3, initial_training_noise=0.4,
+        training_noise_decay=0.5, epsilon=6, seed=0), (0.05, 0.95))
+    env.agent = agent
+    logs = []
+    history = run_amc_search(env, agent, logger='amc_test_quiet',
+                             callback=lambda ep, info: logs.append(env.log))
+    assert [h['noise'] for h in history] == pytest.approx(
+        [0.3, 0.4, 0.4 * 0.5 * (1 - 4 / 6), 0.0])
+    assert all(a == pytest.approx(mu) for a, mu in logs[3])
+    assert any(abs(a - mu) > 1e-3 for a, mu in logs[1])
 
 
 # -- Knight-MC facade -----------------------------------------------------------------
@@ -498,6 +589,14 @@ def test_amc_script_quick_mode_and_resume(tmp_path, tiny_fmnist, tiny_baseline):
     assert 'AMC episode' not in log
     report2 = json.loads((wd / 'report.json').read_text())
     assert report2['flops_after'] == report['flops_after']
+
+
+def test_amc_hook_is_an_engine_hook():
+    from mmrazor_ext.engine.hooks import AMCPruningHook
+    from mmrazor_ext.registry import HOOKS
+    assert HOOKS.get('AMCPruningHook') is AMCPruningHook
+    assert 'PruningHook' in [c.__name__ for c in AMCPruningHook.__mro__]
+    assert AMCPruningHook.__module__ == 'mmrazor_ext.engine.hooks.amc_hook'
 
 
 def test_example_yaml_is_valid():

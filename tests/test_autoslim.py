@@ -42,7 +42,7 @@ def _sgd(algo, lr=0.1):
 
 
 def test_sandwich_step_updates_shared_weights():
-    algo = _algo(min_ratio=0.35, num_random=2)
+    algo = _algo(min_keep_ratio=0.35, num_random=2)
     pruner = algo.pruner
     small, spaces = algo.sandwich.min_subnet, pruner.channel_spaces
     # the smallest width keeps the first 35 % of every space
@@ -93,7 +93,7 @@ def test_sandwich_step_updates_shared_weights():
 
 
 def test_distillation_uses_largest_logits(monkeypatch):
-    algo = _algo(min_ratio=0.5, num_random=2, temperature=2.0)
+    algo = _algo(min_keep_ratio=0.5, num_random=2, temperature=2.0)
     outputs = []
     algo.architecture.model.fc.register_forward_hook(
         lambda m, a, out: outputs.append(out.detach().clone()))
@@ -133,7 +133,7 @@ def test_torchvision_sandwich_step(name):
     from mmrazor_ext.algorithms import AutoSlim
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    algo = AutoSlim(model, input_shape=(1, 3, 32, 32), min_ratio=0.5)
+    algo = AutoSlim(model, input_shape=(1, 3, 32, 32), min_keep_ratio=0.5)
     assert len(algo.pruner.channel_spaces) > 5
     before = {k: v.detach().clone() for k, v in algo.named_parameters()}
     algo.train()
@@ -159,7 +159,8 @@ def slimmable():
     data = _batches(6, 16)
     # the benchmark's way: one pruner for training widths and the search
     pruner = ChannelPruner(model, torch.randn(*SHAPE))
-    out = sandwich_train(pruner, data[:4], epochs=2, min_ratio=0.3, lr=0.05,
+    out = sandwich_train(pruner, data[:4], epochs=2, min_keep_ratio=0.3,
+                         lr=0.05,
                          log_interval=0)
     assert out['pruner'] is pruner
     assert len(out['history']) == 8
@@ -171,10 +172,10 @@ def slimmable():
 
 
 def _slim(slimmable, work_dir, **kwargs):
-    from mmrazor_ext.algorithms import greedy_slim
+    from mmrazor_ext.search import greedy_slim
     _, pruner, ev = slimmable
-    return greedy_slim(pruner, ev, [0.5, 0.35], step=0.34, min_ratio=0.3,
-                       work_dir=str(work_dir), **kwargs)
+    return greedy_slim(pruner, ev, [0.5, 0.35], step=0.34,
+                       min_keep_ratio=0.3, work_dir=str(work_dir), **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -235,24 +236,45 @@ def test_greedy_search_resumes_after_kill(slimmable, straight, tmp_path):
         assert a['kept'] == b['kept'] and a['top1'] == b['top1']
     # a finished search is not redone; a different one is refused
     assert _slim(slimmable, tmp_path)[0]['kept'] == ref[0]['kept']
-    from mmrazor_ext.algorithms import greedy_slim
+    from mmrazor_ext.search import greedy_slim
     with pytest.raises(ValueError, match='step'):
         greedy_slim(slimmable[1], slimmable[2], [0.5, 0.35], step=0.1,
-                    min_ratio=0.3, work_dir=str(tmp_path))
+                    min_keep_ratio=0.3, work_dir=str(tmp_path))
 
 
 def test_bad_arguments():
-    from mmrazor_ext.algorithms import greedy_slim
+    from mmrazor_ext.search import greedy_slim
     algo = _algo()
-    with pytest.raises(ValueError, match='min_ratio'):
-        _algo(min_ratio=0)
+    with pytest.raises(ValueError, match='min_keep_ratio'):
+        _algo(min_keep_ratio=0)
     with pytest.raises(ValueError, match='target_flops_ratios'):
         greedy_slim(algo.pruner, None, [1.5])
     with pytest.raises(ValueError, match='step'):
         greedy_slim(algo.pruner, None, [0.5], step=0)
     # unreachable with every space at 35 %: ~0.35^2 of the FLOPs
     with pytest.raises(ValueError, match='below'):
-        greedy_slim(algo.pruner, None, [0.05], min_ratio=0.35)
+        greedy_slim(algo.pruner, None, [0.05], min_keep_ratio=0.35)
+
+
+def test_deprecated_min_ratio_keyword(tmp_path):
+    """The old name of ``min_keep_ratio`` still works, with a warning."""
+    from mmrazor_ext.search import GreedySlimmer
+    with pytest.warns(DeprecationWarning, match='min_keep_ratio'):
+        algo = _algo(min_ratio=0.5)
+    assert algo.min_keep_ratio == algo.sandwich.min_keep_ratio == 0.5
+    assert _algo().min_keep_ratio == 0.35           # the default
+    with pytest.raises(ValueError, match='disagree'):
+        _algo(min_keep_ratio=0.4, min_ratio=0.5)
+    with pytest.warns(DeprecationWarning, match='min_ratio'):
+        slimmer = GreedySlimmer(algo.pruner, None, [0.5], min_ratio=0.5)
+    assert slimmer.min_keep_ratio == 0.5
+
+
+def test_search_loop_registered_in_engine():
+    from mmrazor_ext.engine.loops import AutoSlimSearchLoop, SearchLoop
+    from mmrazor_ext.registry import LOOPS
+    assert LOOPS.get('AutoSlimSearchLoop') is AutoSlimSearchLoop
+    assert issubclass(AutoSlimSearchLoop, SearchLoop)
 
 
 def test_script_quick_mode_and_resume(tmp_path, tiny_fmnist):

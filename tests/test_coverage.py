@@ -1,16 +1,10 @@
 """tools/analysis/graph_coverage.py on a few models (the full sweep over
 torchvision is a script run, see its docstring)."""
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tools', 'analysis'))
-import graph_coverage  # noqa: E402
-
-sys.path.pop(0)
+from tools.analysis import graph_coverage
 
 
 @pytest.mark.parametrize('name', ['cifar_resnet20', 'imgcls_cifar20',

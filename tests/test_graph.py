@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from prune_helpers import randomise
 from torch import nn
 
 from mmrazor_ext.graph import (
@@ -14,21 +15,6 @@ from mmrazor_ext.graph import (
 )
 from mmrazor_ext.models import CifarResNet
 from mmrazor_ext.pruners import ChannelPruner
-
-
-def randomise(model, seed=0):
-    """Non-trivial BN statistics / affine so that dropped channels matter."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + .5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - .5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g)
-                                    + .5)
-    model.eval()
-    return model
 
 
 def space_of(graph, layer, role='out'):
@@ -245,8 +231,11 @@ def test_layernorm_linear_layer_scale_export():
     assert space_of(g, 'stem') == space_of(g, 'fc2') == space_of(g, 'ln')
     assert ('scale', 'param') in g.spaces[space_of(g, 'stem')].members
     for seed in range(3):
-        _, small = prune_check(model, x, seed=seed)
+        pruner, small = prune_check(model, x, seed=seed)
         assert small.scale.numel() == small.ln.normalized_shape[0] < 16
+        # the sliced layer scale is counted by the estimate too
+        assert pruner.estimate_params(pruner.subnet) == \
+            sum(p.numel() for p in small.parameters())
 
 
 class _LiteralView(nn.Module):

@@ -224,3 +224,74 @@ def test_block_collector_keeps_the_model_mode():
     col = BlockFeatureCollector(find_blocks(model, x))
     col.update(x)
     assert not any(m.training for m in model.modules())
+
+
+def test_every_channel_metric_declares_what_it_needs(pruner):
+    from mmrazor_ext.metrics import ChannelMetric, collect_contents
+    from mmrazor_ext.registry import METRICS
+    served = {'weights', 'pooled', 'zeros', 'rank', 'gradients', 'fm_gram'}
+    channel = {n: c for n, c in METRICS.module_dict.items()
+               if issubclass(c, ChannelMetric)}
+    assert {'l1', 'l2', 'bn_scale', 'cdp', 'apoz', 'hrank', 'taylor',
+            'fm_reconstruction'} <= set(channel)
+    for name, cls in channel.items():
+        assert cls.needs in served, name
+        assert cls.requires_features == (cls.needs != 'weights'), name
+    batches = _batches(2, 4)
+    assert collect_contents('weights', pruner.graph, pruner.model, batches,
+                            to_tensors=lambda b: b) is None
+    zf = collect_contents('zeros', pruner.graph, pruner.model, batches,
+                          to_tensors=lambda b: b)
+    col = FeatureCollector(pruner.graph, stats=('zeros',))
+    for x, y in batches:
+        col.update(x, y)
+    for k, v in col.zero_fraction().items():
+        torch.testing.assert_close(zf[k], v)
+    with pytest.raises(ValueError, match='nothing serves'):
+        collect_contents('magic', pruner.graph, pruner.model, batches,
+                         to_tensors=lambda b: b)
+
+
+def test_collector_options_leave_the_metric_config():
+    from mmrazor_ext.metrics import collector_options
+    cfg = dict(type='fm_reconstruction', n_points_per_fm=4)
+    assert collector_options(cfg) == (dict(type='fm_reconstruction'),
+                                      dict(n_points_per_fm=4))
+    assert collector_options(dict(type='cdp', coe=0.5)) == (
+        dict(type='cdp', coe=0.5), {})
+
+
+def test_a_weight_metric_is_one_class(pruner):
+    """A new weight metric: one WeightMetric subclass and its decorator."""
+    from mmrazor_ext.metrics import WeightMetric
+    from mmrazor_ext.registry import METRICS
+
+    @METRICS.register_module('test_linf')
+    class LInfMetric(WeightMetric):
+        def filter_scores(self, weight):
+            return weight.abs().reshape(weight.shape[0], -1).amax(1)
+
+    try:
+        _check_scores(pruner, pruner.get_metric_local('test_linf'))
+        layer = 'backbone.conv1'
+        w = pruner.model.backbone.conv1.weight.detach().clone()
+        w[0] = 100.0
+        scores = pruner.get_metric_local('test_linf', {layer: w})
+        assert max(float(s.max()) for s in scores.values()) >= 100.0
+        with pytest.raises(KeyError, match='test_linf: unknown layers'):
+            pruner.get_metric_local('test_linf', {'nope': w})
+    finally:
+        METRICS.module_dict.pop('test_linf')
+
+
+def test_l1_l2_share_the_weight_template(pruner):
+    from mmrazor_ext.metrics import L1Metric, L2Metric, WeightMetric
+    assert issubclass(L1Metric, WeightMetric)
+    assert issubclass(L2Metric, WeightMetric)
+    w = torch.tensor([[3.0, -4.0], [1.0, 1.0]])
+    torch.testing.assert_close(L1Metric().filter_scores(w),
+                               torch.tensor([3.5, 1.0]))
+    torch.testing.assert_close(L2Metric().filter_scores(w),
+                               torch.tensor([12.5 ** 0.5, 1.0]))
+    with pytest.raises(KeyError, match='l2: unknown layers'):
+        pruner.get_metric_local('l2', {'nope': w})

@@ -4,27 +4,13 @@ import json
 import pytest
 import torch
 import torchvision
+from prune_helpers import randomise
 from torch import nn
 
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.models import CifarResNet
 from mmrazor_ext.pruners import ChannelPruner, load_subnet
 from mmrazor_ext.registry import METRICS, PRUNERS
-
-
-def randomise(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + .5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - .5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g)
-                                    + .5)
-    model.eval()
-    return model
-
 
 TORCHVISION = ['resnet18', 'resnet50', 'mobilenet_v2', 'mobilenet_v3_small',
                'densenet121', 'efficientnet_b0', 'googlenet',
@@ -52,9 +38,11 @@ def test_prune_export_equivalent_and_smaller(name):
         small = pruner.export()
         report = pruner.last_export_report
         assert report['ok'] and report['rel_diff'] <= 1e-5, report
-        f1 = get_model_complexity(small, x)['flops']
+        cx = get_model_complexity(small, x)
+        f1 = cx['flops']
         assert f1 < f0
         assert pruner.estimate_flops(subnet) == pytest.approx(f1, rel=1e-6)
+        assert pruner.estimate_params(subnet) == cx['params']
         # the exported model is an ordinary module of the same class
         assert type(small) is type(model)
         with torch.no_grad():

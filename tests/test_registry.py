@@ -15,7 +15,7 @@ def test_children_of_mmengine():
         assert child.scope == 'mmrazor_ext'
         assert parent.children['mmrazor_ext'] is child
     for reg in (registry.PRUNERS, registry.SPARSE_SCHEDULERS,
-                registry.MASK_GENERATORS, registry.SEARCHERS):
+                registry.MASK_GENERATORS):
         assert reg.scope == 'mmrazor_ext'
     assert registry.ALGORITHMS is registry.MODELS
 
@@ -31,3 +31,23 @@ def test_scoped_lookup_reaches_mmpretrain_and_mmengine():
     assert registry.HOOKS.get('CheckpointHook') is not None
     from mmrazor_ext.engine import OneCycleLR
     assert registry.PARAM_SCHEDULERS.get('OneCycleLR') is OneCycleLR
+
+
+def test_runner_plugins_live_in_engine():
+    """HOOKS and LOOPS import one engine package each; every hook / loop of
+    ours is defined in engine/, and the child registries kept only for scoped
+    builds (data samplers, task utils) hold nothing of ours."""
+    registry.register_all_modules()
+    for reg, package, names in (
+            (registry.HOOKS, 'mmrazor_ext.engine.hooks',
+             ('PruningHook', 'SparsityHook', 'AMCPruningHook')),
+            (registry.LOOPS, 'mmrazor_ext.engine.loops',
+             ('AutoSlimSearchLoop', 'HybridSearchLoop'))):
+        for name in names:
+            assert reg.get(name).__module__.startswith(package + '.'), name
+        for name, cls in reg.module_dict.items():
+            assert cls.__module__.startswith('mmrazor_ext.engine.'), name
+    assert not registry.DATA_SAMPLERS.module_dict
+    assert not registry.TASK_UTILS.module_dict
+    assert registry.DATA_SAMPLERS.parent is mmreg.DATA_SAMPLERS
+    assert registry.TASK_UTILS.parent is mmreg.TASK_UTILS

@@ -93,6 +93,35 @@ def test_evaluator_recalibration_matters(small_setup):
                             mode='copy')
 
 
+def test_keep_ratio_space_seeds(small_setup):
+    _, pruner = small_setup
+    from mmrazor_ext.search import KeepRatioSpace
+    grid = ratio_grid(0.5, 1.0, 0.25)
+    space = KeepRatioSpace(pruner, {}, grid,
+                           dict(global_prune_ratios=(0.5,), flops_ratios=()))
+    assert space.seeds['global_prune_ratios'] == (0.5,)
+    seeds = space.seed_candidates()
+    assert len(seeds) == 1 + len(grid)
+    # a prune ratio of 0.5 under one global threshold keeps about half
+    kept = sum(seeds[0][n] * s.num_channels
+               for n, s in pruner.channel_spaces.items())
+    total = sum(s.num_channels for s in pruner.channel_spaces.values())
+    assert 0.4 < kept / total < 0.6
+    # the old key still works, with a warning
+    with pytest.warns(DeprecationWarning, match='global_prune_ratios'):
+        old = KeepRatioSpace(pruner, {}, grid, dict(global_ratios=(0.5,)))
+    assert old.seeds['global_prune_ratios'] == (0.5,)
+    with pytest.raises(KeyError, match='unknown'):
+        KeepRatioSpace(pruner, {}, grid, dict(prune=(0.5,)))
+
+
+def test_search_loops_registered_in_engine():
+    from mmrazor_ext.engine.loops import HybridSearchLoop, SearchLoop
+    from mmrazor_ext.registry import LOOPS
+    assert LOOPS.get('HybridSearchLoop') is HybridSearchLoop
+    assert issubclass(HybridSearchLoop, SearchLoop)
+
+
 def test_ratio_grid_and_pareto():
     assert ratio_grid(0.3, 1.0, 0.1) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                                          1.0]
@@ -274,8 +303,10 @@ def test_two_workers_share_one_study(tmp_path, tiny_fmnist, tiny_baseline):
                          tool='tools/search.py', extra=['--workers', '2']))
     trials = _study(tmp_path).trials
     # seeds beyond n_trials stay queued for a later, longer run
+    # PRUNED: a worker's trial that would overshoot n_trials is given up
     assert {t.state for t in trials} <= {TrialState.COMPLETE,
-                                         TrialState.WAITING}
+                                         TrialState.WAITING,
+                                         TrialState.PRUNED}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) >= 12
     assert len({t.number for t in trials}) == len(trials)
@@ -390,8 +421,10 @@ def test_torchrun_ranks_share_one_study(tmp_path, tiny_fmnist, tiny_baseline):
     run_tool(['bash', 'tools/dist_train.sh', SEARCH_CFG, '2',
               *cmd[config_at + 1:]], env={'PORT': '29613'})
     trials = _study(tmp_path).trials
+    # PRUNED: a worker's trial that would overshoot n_trials is given up
     assert {t.state for t in trials} <= {TrialState.COMPLETE,
-                                         TrialState.WAITING}
+                                         TrialState.WAITING,
+                                         TrialState.PRUNED}
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) >= 10
     assert (out / 'search_results.json').exists()
 

@@ -75,7 +75,7 @@ def kw(cfg):
 @pytest.mark.parametrize('mutate, key', [
     (lambda c: c.update(bogus=1), 'bogus'),
     (lambda c: kw(c).update(sparsity_tabel=[1]), 'sparsity_tabel'),
-    (lambda c: kw(c).update(total_iters='10'), 'total_iters'),
+    (lambda c: kw(c).update(total_iters='ten'), 'total_iters'),
     (lambda c: kw(c).update(total_iters=True), 'total_iters'),
     (lambda c: kw(c).update(sparsity_table=[50, 30]), 'sparsity_table'),
     (lambda c: kw(c).update(sparsity_table=[30, 100]), 'sparsity_table'),

@@ -183,3 +183,42 @@ custom_hooks = [dict(type='SparsityHook', sparsity_config=sparsity_config)]
     zeros = sum(int((~v).sum()) for v in m.values())
     total = sum(v.numel() for v in m.values())
     assert abs(zeros / total - 0.5) <= 0.015
+
+
+def test_scheduler_declares_its_optimizer_group():
+    """SparsityHook adds the fake-sparse parameters with group 0's settings
+    updated by the scheduler's ``extra_param_group`` (ProbMask: no weight
+    decay on keep probabilities), with no scheduler-specific branch."""
+    import logging
+    from types import SimpleNamespace
+
+    from mmengine.optim import OptimWrapper
+
+    import mmrazor_ext.engine.hooks.sparsity_hook as hook_module
+    from mmrazor_ext.engine.hooks import SparsityHook
+    from mmrazor_ext.models import CifarResNet
+    with open(hook_module.__file__) as f:
+        assert 'ProbMaskScheduler' not in f.read()
+
+    def run(scheduler):
+        model = CifarResNet(20, 10, 1)
+        optim = torch.optim.SGD(model.parameters(), lr=0.1,
+                                weight_decay=5e-4)
+        runner = SimpleNamespace(
+            model=model, max_iters=10, work_dir='unused',
+            optim_wrapper=OptimWrapper(optim), param_schedulers=None,
+            logger=logging.getLogger('test_sparsity_runner'))
+        hook = SparsityHook(dict(scheduler=scheduler))
+        hook.before_run(runner)
+        return hook.scheduler, optim.param_groups
+
+    sched, groups = run(dict(type='ProbMaskScheduler', kwargs=dict(
+        target_sparsity=0.5)))
+    assert sched.extra_param_group() == {'weight_decay': 0.0}
+    assert len(groups) == 2 and groups[1]['weight_decay'] == 0.0
+    assert groups[1]['lr'] == groups[0]['lr'] == 0.1
+    assert {id(p) for p in groups[1]['params']} == {
+        id(p) for p in sched.extra_parameters()}
+    sched, groups = run(dict(type='STRScheduler', kwargs=dict()))
+    assert sched.extra_param_group() == {}
+    assert len(groups) == 2 and groups[1]['weight_decay'] == 5e-4

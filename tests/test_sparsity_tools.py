@@ -85,6 +85,35 @@ def test_mc_sparsity_2to4_and_bad_yaml(tmp_path):
         MCSparsity.sparse_model({'model_fn': WideNet(), 'config_file': str(missing)})
 
 
+def test_mc_sparsity_network_lists_exactly_the_masked_weights(tmp_path):
+    """Knight's sparsity ``network:`` names weights: exactly those layers
+    get masks; an entry that cannot be sparsified is an error naming it,
+    raised before the model is touched."""
+    cfg = tmp_path / 'n.yaml'
+    cfg.write_text(KNIGHT_YAML.format(method='Pruner2to4',
+                                      layers='conv3.weight, fc'))
+    model = WideNet()
+    MCSparsity.sparse_model({'model_fn': model, 'config_file': str(cfg)})
+    assert list(model.__dict__['_mc_sparsity'].layers) == ['conv3', 'fc']
+    assert not hasattr(model.conv2, 'weight_fake_sparse')
+    cases = [('big.weight', r"big.weight cannot be sparsified with "
+              r"CustomPruner: kernel \(9, 9\) > 8"),
+             ('conv1.weight', 'conv1.weight cannot be sparsified'),
+             ('bn1.weight', "'bn1.weight' is a BatchNorm2d"),
+             ('conv2.bias', "'conv2.bias': only weights"),
+             ('conv2.weight, conv2', 'listed twice')]
+    for layers, match in cases:
+        cfg.write_text(KNIGHT_YAML.format(method='CustomPruner',
+                                          layers=layers))
+        model = WideNet()
+        with pytest.raises(SparsityConfigError, match='network.widenet: .*'
+                           + match):
+            MCSparsity.sparse_model({'model_fn': model,
+                                     'config_file': str(cfg)})
+        assert not any(hasattr(m, 'weight_fake_sparse')
+                       for m in model.modules())
+
+
 def test_sparsity_report_amba_and_2to4(tmp_path, capsys):
     report = tool('tools/analysis/sparsity_report.py')
     # An Amba stage checkpoint carries its layer MACs.

@@ -16,17 +16,15 @@ Usage:
 """
 import argparse
 import json
-import os
 import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import torch
+from mmengine.config import Config
 
-import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-
-from tools.common import build_runner  # noqa: E402
+from mmrazor_ext.engine.runner import build_runner
+from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/baselines/resnet20_1xb128_fashionmnist.py')
@@ -44,14 +42,6 @@ def set_epochs(cfg: Config, epochs: int) -> Config:
     return cfg
 
 
-def write_json(path: str, data: dict) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def print_table(rows: list, header: list) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = '+'.join('-' * (w + 2) for w in widths)
@@ -65,17 +55,10 @@ def print_table(rows: list, header: list) -> None:
     print(f'+{line}+')
 
 
-def _overrides(cfg: Config, items: list) -> Config:
-    for item in items:
-        key, value = item.split('=', 1)
-        cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
-    return cfg
-
-
 def train_baseline(args) -> tuple[str, float]:
     """Stage 1: the dense ResNet-20 (reused when its checkpoint exists)."""
-    cfg = _overrides(set_epochs(Config.fromfile(CONFIG), args.epochs),
-                     args.cfg_options)
+    cfg = set_epochs(Config.fromfile(CONFIG), args.epochs)
+    cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
     cfg.work_dir = osp.join(args.work_dir, 'baseline')
     cfg.launcher = 'none'
     ckpt = osp.join(cfg.work_dir, f'epoch_{args.epochs}.pth')
@@ -91,8 +74,8 @@ def train_baseline(args) -> tuple[str, float]:
 
 def prune_finetune(args, baseline: str) -> tuple[dict, float]:
     """Stage 2: CDP one-shot pruning to the FLOPs target, fine-tune, export."""
-    cfg = Config.fromfile(PRUNE_CONFIG)
-    cfg = _overrides(set_epochs(cfg, args.finetune_epochs), args.cfg_options)
+    cfg = set_epochs(Config.fromfile(PRUNE_CONFIG), args.finetune_epochs)
+    cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
     cfg.model.init_checkpoint = baseline
     cfg.model.target.ratio = args.flops_ratio
     cfg.work_dir = osp.join(args.work_dir, 'cdp_pruned')
@@ -129,13 +112,15 @@ def latency_ms(baseline: str, report: dict) -> tuple[float, float]:
 
 
 def cdp_plots(args, baseline: str) -> dict:
-    """CDP score heat-map and kept-ratio chart of the dense baseline."""
-    from tools.visualization.visualize_cdp import main as visualize
-    argv = [CONFIG, baseline, '--out-dir', osp.join(args.work_dir, 'cdp_vis'),
-            '--batches', '20', '--flops-ratio', str(args.flops_ratio)]
-    if args.cfg_options:
-        argv += ['--cfg-options', *args.cfg_options]
-    res = visualize(argv)
+    """CDP score heat-map and kept-ratio chart of the dense baseline (as
+    tools/visualization/visualize_cdp.py draws them)."""
+    from mmrazor_ext.apis.cdp_report import cdp_score_report
+    from mmrazor_ext.apis.model_loading import build_from_config, build_loader
+    cfg, model, example = build_from_config(
+        CONFIG, baseline, parse_cfg_options(args.cfg_options))
+    res = cdp_score_report(model, example, build_loader(cfg, 'train', 64),
+                           osp.join(args.work_dir, 'cdp_vis'), batches=20,
+                           flops_ratio=args.flops_ratio)
     return {k: res[k] for k in ('heatmap', 'kept_ratio', 'csv')}
 
 
@@ -148,8 +133,7 @@ def main(argv=None) -> dict:
                         help='FLOPs kept after pruning (0.5 = 2x fewer)')
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs/demo'))
     parser.add_argument('--retrain', action='store_true')
-    parser.add_argument('--cfg-options', nargs='*', default=[],
-                        help='key=value overrides for both stages')
+    add_cfg_options_arg(parser, help='KEY=VALUE overrides for both stages')
     args = parser.parse_args(argv)
 
     t0 = time.time()
@@ -184,7 +168,8 @@ def main(argv=None) -> dict:
         'report': osp.join(args.work_dir, 'cdp_pruned', 'report.json'),
         'plots': plots,
     }
-    write_json(osp.join(args.work_dir, 'results.json'), results)
+    atomic_write_json(osp.join(args.work_dir, 'results.json'), results,
+                      indent=2)
     d, p = results['dense'], results['pruned']
     print()
     print_table(

@@ -2,16 +2,5 @@
 # Usage: tools/dist_train.sh CONFIG NGPUS [train.py args...]
 # Runs NGPUS processes with torchrun (nccl on GPUs, gloo on CPU).
 set -euo pipefail
-CONFIG=$1
-NGPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-python}
-[ -x "$ROOT/.venv/bin/python" ] && [ "$PYTHON" = python ] && PYTHON="$ROOT/.venv/bin/python"
-PYTHONPATH="$ROOT:${PYTHONPATH:-}" exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$NGPUS" --master_port="$PORT" \
-    "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+source "$(dirname "${BASH_SOURCE[0]}")/_launch_common.sh"
+torchrun_tool "$2" train.py "$1" --launcher pytorch "${@:3}"

@@ -4,9 +4,11 @@ All workers share the config's Optuna storage (default
 ``sqlite:///<work_dir>/search.db``), so they cooperate on one study and a
 re-run resumes it. With ``--workers N`` this starts N ``tools/train.py``
 processes, waits for them, then writes the results once (Pareto JSON, best
-subnet per FLOPs target, PNG). To spread a study over several machines,
-give every host the same ``train_cfg.storage`` (any SQLAlchemy URL) and run
-this script on each.
+subnet per FLOPs target, PNG). The study stops at exactly ``n_trials``
+completed trials: a worker whose trial would exceed the budget (counting
+the lower-numbered trials still running elsewhere) prunes it and stops. To
+spread a study over several machines, give every host the same
+``train_cfg.storage`` (any SQLAlchemy URL) and run this script on each.
 
 Examples:
     python tools/search.py \
@@ -20,10 +22,11 @@ import subprocess
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from mmengine.config import Config, DictAction
 
-from tools.train import main as train_main  # noqa: E402
+from mmrazor_ext.engine.config_checks import ConfigFieldError, check_config
+
+TRAIN = osp.join(osp.dirname(osp.abspath(__file__)), 'train.py')
 
 
 def with_options(argv: list[str], *options: str) -> list[str]:
@@ -36,6 +39,24 @@ def with_options(argv: list[str], *options: str) -> list[str]:
     return argv + ['--cfg-options', *options]
 
 
+def check_args(rest: list[str]) -> None:
+    """Load the config with its ``--cfg-options`` and check its fields, so
+    a bad value stops here instead of in every worker."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('config')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    known, _ = parser.parse_known_args(rest)
+    cfg = Config.fromfile(known.config)
+    if known.cfg_options:
+        cfg.merge_from_dict(known.cfg_options)
+    check_config(cfg)
+
+
+def train(argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start ``tools/train.py argv``."""
+    return subprocess.Popen([sys.executable, TRAIN, *argv], env=env)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Search with N workers on one Optuna study; other '
@@ -45,21 +66,29 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     if args.workers < 1:
         parser.error(f'--workers must be >= 1, got {args.workers}')
+    try:
+        check_args(rest)
+    except ConfigFieldError as err:
+        sys.exit(f'error: {err}')
     if args.workers == 1:
-        return train_main(rest)
+        code = train(rest).wait()
+        if code:
+            sys.exit(code)
+        return
     procs = []
     for i in range(args.workers):
         env = dict(os.environ, MMRAZOR_SEARCH_WORKER=str(i))
-        cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'),
-               *with_options(rest, 'train_cfg.write_results=False')]
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(train(with_options(rest, 'train_cfg.write_results=False'),
+                           env=env))
         time.sleep(1.5)  # distinct log directories (timestamped per second)
     codes = [p.wait() for p in procs]
     if any(codes):
         sys.exit(f'search workers exited with {codes}; re-run the same '
                  'command to resume the study')
     # Every trial is done: this run only writes the results.
-    return train_main(rest)
+    code = train(rest).wait()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -14,10 +14,7 @@ fi
 CONFIG=$1
 NGPUS=$2
 shift 2
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-python}
-[ -x "$ROOT/.venv/bin/python" ] && [ "$PYTHON" = python ] && PYTHON="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/_launch_common.sh"   # ROOT, PYTHON
 if [ "${1:-}" = "-e" ]; then
     shift
     exec "$PYTHON" "$ROOT/tools/test.py" "$CONFIG" "$@"

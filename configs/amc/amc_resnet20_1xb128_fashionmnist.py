@@ -2,10 +2,7 @@
 # of its MACs, then masked fine-tuning of the best episode and export.
 # Small budget (used by the tests and the quick script); the ResNet-56
 # config has the paper's 100 + 300 episodes.
-_base_ = ['../baselines/resnet20_1xb128_fashionmnist.py']
-
-# Trained baseline (tools/train.py on the baseline config writes it).
-init_checkpoint = 'work_dirs/resnet20_1xb128_fashionmnist/epoch_3.pth'
+_base_ = ['../_base_/finetune/resnet20_1xb128_fashionmnist.py']
 
 model = dict(
     _delete_=True,
@@ -27,17 +24,14 @@ model = dict(
                       delta_decay=0.95, hidden1=128, hidden2=128,
                       warmup=20, num_training_episodes=60, lr_a=1e-3,
                       lr_c=1e-3)),
-    network=None,            # every prunable channel space, in graph order
+    # None: every prunable channel space, in graph order. A list names
+    # layers whose INPUT channels are pruned (Knight: the preceding layer's
+    # filters follow), e.g. every block's backbone.layerS.B.conv2.
+    network=None,
     calib_batches=5,         # BN recalibration before each evaluation
     reward_batches=8,        # held-out training batches for the reward
     reward_data='train',
-    init_checkpoint=init_checkpoint,
+    init_checkpoint={{_base_.init_checkpoint}},
     bn_recalib_batches=20,
 )
 custom_hooks = [dict(type='AMCPruningHook')]
-
-# Fine-tune: 1 epoch of one-cycle SGD at a lower peak LR.
-max_epochs = 1
-optim_wrapper = dict(optimizer=dict(lr=0.05))
-param_scheduler = dict(eta_max=0.05, end=max_epochs)
-train_cfg = dict(max_epochs=max_epochs)

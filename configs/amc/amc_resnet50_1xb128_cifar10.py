@@ -1,14 +1,15 @@
 # AMC on ResNet-50 (ImageNet layout, CIFAR stem) for CIFAR-10, the Knight-MC
-# "resnet50_cifar" demo as an mm config: the bottlenecks' inner layers
-# (conv1, conv2 of every block) are searched under a 50 % MAC budget with
-# l1-rank channel choice (fm-reconstruction needs many feature points on
-# 2048-wide layers), widths in multiples of 8; 100 + 300 episodes, then
-# 30 epochs of masked fine-tuning and export.
+# "resnet50_cifar" demo as an mm config: the bottlenecks' inner widths are
+# searched under a 50 % MAC budget with l1-rank channel choice
+# (fm-reconstruction needs many feature points on 2048-wide layers), widths
+# in multiples of 8; 100 + 300 episodes, then 30 epochs of masked
+# fine-tuning and export.
 #
 # The baseline is this architecture trained on CIFAR-10, e.g. with
 #   tools/train.py configs/baselines/resnet56_1xb128_cifar10.py \
 #       --cfg-options model.backbone.depth=50 model.head.in_channels=2048
 _base_ = [
+    '../_base_/models/resnet50_cifar.py',
     '../_base_/datasets/cifar10_bs128.py',
     '../_base_/schedules/cifar10_bs128.py',
     '../_base_/default_runtime.py',
@@ -16,22 +17,18 @@ _base_ = [
 
 init_checkpoint = 'work_dirs/resnet50_1xb128_cifar10/epoch_200.pth'
 
-architecture = dict(
-    type='mmpretrain.ImageClassifier',
-    backbone=dict(type='ResNet_CIFAR', depth=50, in_channels=3),
-    neck=dict(type='mmpretrain.GlobalAveragePooling'),
-    head=dict(
-        type='mmpretrain.LinearClsHead',
-        num_classes=10,
-        in_channels=2048,
-        loss=dict(type='mmpretrain.CrossEntropyLoss', loss_weight=1.0),
-    ),
-)
+architecture = {{_base_.model}}
+# Knight `network:` semantics: a listed layer's INPUT channels are pruned
+# and the directly preceding layer loses the matching filters, so listing
+# conv2 / conv3 of every bottleneck (the seed's list) prunes the filters of
+# conv1 / conv2. A conv1 (its input is the residual stream) would be an
+# error naming the residual group.
 network = [f'backbone.layer{s + 1}.{b}.conv{c}'
            for s, n in enumerate((3, 4, 6, 3)) for b in range(n)
-           for c in (1, 2)]
+           for c in (2, 3)]
 
 model = dict(
+    _delete_=True,
     type='AMCPruning',
     architecture=architecture,
     input_shape=(1, 3, 32, 32),

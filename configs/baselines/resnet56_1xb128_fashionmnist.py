@@ -1,8 +1,3 @@
-_base_ = [
-    '../_base_/models/resnet56_cifar.py',
-    '../_base_/datasets/fashion_mnist_bs128.py',
-    '../_base_/schedules/onecycle_3e.py',
-    '../_base_/default_runtime.py',
-]
-# Fashion-MNIST images are grey: one input channel.
-model = dict(backbone=dict(in_channels=1))
+# The ResNet-20 baseline at depth 56 (same data, schedule and runtime).
+_base_ = ['./resnet20_1xb128_fashionmnist.py']
+model = dict(backbone=dict(depth=56))

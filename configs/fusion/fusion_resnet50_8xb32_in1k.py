@@ -2,9 +2,7 @@
 # highest input/output CKA (the 4 downsampling blocks are never removed),
 # fine-tune 30 epochs. Removed blocks' parameters stay in the optimizer
 # without gradients, so DDP must allow unused parameters.
-_base_ = ['../baselines/resnet50_8xb32_in1k.py']
-
-init_checkpoint = 'work_dirs/resnet50_8xb32_in1k/epoch_100.pth'
+_base_ = ['../_base_/finetune/resnet50_8xb32_in1k.py']
 
 model = dict(
     _delete_=True,
@@ -15,11 +13,9 @@ model = dict(
     target=dict(mode='num_blocks', num=4),
     removal_mode='identity',
     fuse_bn=False,
-    init_checkpoint=init_checkpoint,
+    init_checkpoint={{_base_.init_checkpoint}},
     bn_recalib_batches=100,
 )
 custom_hooks = [dict(type='PruningHook')]
 model_wrapper_cfg = dict(type='MMDistributedDataParallel',
                          find_unused_parameters=True)
-param_scheduler = dict(milestones=[10, 20])
-train_cfg = dict(max_epochs=30)

@@ -15,7 +15,7 @@ model = dict(
     metric=dict(type='l1'),
     init_checkpoint=init_checkpoint,
     grid=dict(low=0.3, high=1.0, step=0.1),
-    seeds=dict(global_ratios=(0.2, 0.3, 0.4, 0.5, 0.6),
+    seeds=dict(global_prune_ratios=(0.2, 0.3, 0.4, 0.5, 0.6),
                flops_ratios=(0.75, 0.5, 0.35), uniform=True),
 )
 

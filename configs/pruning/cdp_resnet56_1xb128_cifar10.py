@@ -1,20 +1,6 @@
-# CDP one-shot pruning of ResNet-56 on CIFAR-10 to 48 % of its FLOPs (the
+# One-shot CDP pruning of ResNet-56 on CIFAR-10 to 48 % of its FLOPs (the
 # paper's -52 % setting), fine-tuned for 100 epochs.
-_base_ = ['../baselines/resnet56_1xb128_cifar10.py']
+_base_ = ['./_base_/oneshot_resnet56_1xb128_cifar10.py']
 
-init_checkpoint = 'work_dirs/resnet56_1xb128_cifar10/epoch_200.pth'
-
-model = dict(
-    _delete_=True,
-    type='OneShotPruning',
-    architecture={{_base_.model}},
-    input_shape=(1, 3, 32, 32),
-    metric=dict(type='cdp', coe=0.0),
-    cdp_by='class',
-    metric_batches=40,
-    target=dict(mode='flops', ratio=0.48, sampling='global'),
-    init_checkpoint=init_checkpoint,
-)
-custom_hooks = [dict(type='PruningHook')]
-param_scheduler = dict(milestones=[50, 75])
-train_cfg = dict(max_epochs=100)
+model = dict(metric=dict(type='cdp', coe=0.0), cdp_by='class',
+             metric_batches=40)

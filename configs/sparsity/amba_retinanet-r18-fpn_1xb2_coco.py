@@ -10,25 +10,14 @@
 #                        sparsity_config=sparsity_config)]
 # mmdet detectors also expose forward(inputs, data_samples, mode='tensor'),
 # the path the tracer uses.
-_base_ = ['../_base_/default_runtime.py']
+_base_ = [
+    '../_base_/datasets/coco_detection_tv_bs2.py',
+    '../_base_/default_runtime.py',
+]
 
 model = dict(type='TorchvisionDetector', arch='retinanet', backbone='resnet18',
              num_classes=80, min_size=800, max_size=1333)
-
-data_root = 'data/coco'
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    dataset=dict(type='CocoDetectionTV', data_root=data_root,
-                 ann_file='annotations/instances_train2017.json',
-                 img_dir='train2017'),
-    sampler=dict(type='DefaultSampler', shuffle=True),
-)
-# Evaluation of boxes needs mmdet's CocoMetric (optional path above).
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
+# (no evaluation: boxes need mmdet's CocoMetric, the optional path above)
 
 sparsity_table = [30, 40, 50, 60, 70, 80, 90]
 epochs_per_stage = 12

@@ -1,26 +1,28 @@
-from .amc import AMCPruning, AMCPruningHook
+from mmrazor_ext.pruners.pruned_model import (
+    load_fused_model,
+    load_pruned_model,
+    pruned_structure,
+    save_pruned_model,
+)
+
+from .amc import AMCPruning
 from .autoslim import (
     AutoSlim,
     AutoSlimDDP,
-    AutoSlimSearchLoop,
-    GreedySlimmer,
-    SandwichRule,
-    greedy_slim,
     sandwich_train,
 )
+from .autoslim_sandwich import SandwichRule
+from .base import ArchitectureAlgorithm, PruningAlgorithm
 from .channel_pruning import IterativePruning, OneShotPruning
 from .fusion import (
     LayerFusion,
     block_flops,
-    load_fused_model,
     merge_flops_delta,
     plan_fusion,
     select_blocks,
 )
-from .hooks import PruningHook
 from .hybrid_search import (
     HybridSearch,
-    HybridSearchLoop,
     load_search_results,
     run_hybrid_search,
     write_search_results,
@@ -29,9 +31,11 @@ from .subnet import SubnetModel
 
 __all__ = ['IterativePruning', 'LayerFusion', 'block_flops',
            'load_fused_model', 'merge_flops_delta', 'plan_fusion',
-           'OneShotPruning', 'PruningHook',
-           'select_blocks', 'HybridSearch', 'HybridSearchLoop',
+           'OneShotPruning',
+           'select_blocks', 'HybridSearch',
            'load_search_results', 'run_hybrid_search', 'write_search_results',
-           'SubnetModel', 'AutoSlim', 'AutoSlimDDP', 'AutoSlimSearchLoop',
-           'GreedySlimmer', 'SandwichRule', 'greedy_slim', 'sandwich_train']
-__all__ += ['AMCPruning', 'AMCPruningHook']
+           'SubnetModel', 'AutoSlim', 'AutoSlimDDP', 'SandwichRule',
+           'sandwich_train']
+__all__ += ['AMCPruning']
+__all__ += ['ArchitectureAlgorithm', 'PruningAlgorithm', 'load_pruned_model',
+            'pruned_structure', 'save_pruned_model']

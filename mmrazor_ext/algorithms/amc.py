@@ -1,10 +1,11 @@
 """AMC (He et al. 2018) as an mmengine algorithm: search, fine-tune, export.
 
 :class:`AMCPruning` wraps an ``architecture`` like :class:`OneShotPruning`
-and is driven by :class:`AMCPruningHook` (a :class:`PruningHook` that also
-hands the algorithm the work dir and the validation loader). Before
-training, the DDPG agent searches per-space keep ratios on the masked model
-(:class:`~mmrazor_ext.search.amc_env.AMCEnv`); each episode is scored by
+and is driven by :class:`~mmrazor_ext.engine.hooks.AMCPruningHook` (a
+:class:`PruningHook` that also hands the algorithm the work dir and the
+validation loader). Before training, the DDPG agent searches per-space keep
+ratios on the masked model (:func:`~mmrazor_ext.search.amc_workflow.run_amc`,
+the workflow ``MCPruning.prune_model`` also runs); each episode is scored by
 top-1 / top-5 on cached batches after BN recalibration on a few cached
 training batches (BN statistics and any reconstructed weights are restored
 after every episode). The search writes to the work dir:
@@ -41,27 +42,19 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
-from mmrazor_ext.registry import HOOKS, MODELS
-from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
-from mmrazor_ext.search.amc_search import (
-    KMCRecorder,
-    LatencyProvider,
-    episode_meta,
-    parse_amc_cfg,
-    save_pruned_checkpoint,
-)
-from mmrazor_ext.search.ddpg import DDPGAgent
+from mmrazor_ext.registry import MODELS
+from mmrazor_ext.search.amc_search import LatencyProvider, parse_amc_cfg
+from mmrazor_ext.search.amc_workflow import run_amc
 from mmrazor_ext.utils.evaluation import (
     evaluate_top1,
     recalibrate_bn,
     to_tensors,
 )
-from mmrazor_ext.utils.io import atomic_write
+from mmrazor_ext.utils.io import atomic_torch_save
 
 from .channel_pruning import OneShotPruning
-from .hooks import PruningHook, _algo
 
-__all__ = ['AMCPruning', 'AMCPruningHook']
+__all__ = ['AMCPruning']
 
 _REWARD_DATA = ('train', 'val')
 
@@ -251,7 +244,6 @@ class AMCPruning(OneShotPruning):
         self.pruner.example_inputs = tuple(
             x.to(device) if isinstance(x, torch.Tensor) else x
             for x in self.pruner.example_inputs)
-        arch = self.architecture
         feats = calib[:self.feature_batches] or reward[:self.feature_batches]
 
         @torch.no_grad()
@@ -273,75 +265,25 @@ class AMCPruning(OneShotPruning):
                                          self.latency.get('cmd'),
                                          self.latency.get('repeats', 10),
                                          where='model.latency.cmd')
-        env = AMCEnv(
-            self.pruner, self._val_fn(reward), layers=self.network,
-            target_density=amc['target_density'],
-            action_range=amc['action_range'],
-            pruning_method=amc['pruning_method'],
-            n_points_per_fm=amc['n_points_per_fm'],
-            group_size=amc['group_size'], protocol=amc['protocol'],
-            feature_fn=feature_fn, calib_fn=calib_fn if calib else None,
-            latency_fn=latency_fn, latency_weight=amc['latency_weight'],
-            seed=self.seed, where='model.network')
-        best = {}
+        state_path = osp.join(self.work_dir, 'amc_best_state.pth')
 
-        def save(path, info):
-            save_pruned_checkpoint(path, info['model'], self.pruner,
-                                   info['subnet'], episode_meta(info))
+        def on_best(ep, info):
+            # masked-mode weights of the new best (reconstructed weights,
+            # recalibrated BN) before the next reset restores them
+            atomic_torch_save(state_path, {
+                k: v.detach().cpu().clone()
+                for k, v in self.architecture.state_dict().items()})
+            self.pruner.save_subnet(
+                osp.join(self.work_dir, 'amc_best_subnet.json'),
+                weights=False)
 
-        recorder = KMCRecorder(self.work_dir, self.ckpt_prefix,
-                               amc['save_top_k'], save,
-                               ckpt_subdir='amc_checkpoints')
-
-        def callback(ep, info):
-            recorder(ep, info)
-            if recorder.best is not None and recorder.best['episode'] == ep:
-                # masked-mode weights of the new best (reconstructed weights,
-                # recalibrated BN) before the next reset restores them
-                best['state'] = {k: v.detach().cpu().clone()
-                                 for k, v in arch.state_dict().items()}
-                best['subnet_path'] = osp.join(self.work_dir,
-                                               'amc_best_subnet.json')
-                self.pruner.save_subnet(best['subnet_path'], weights=False)
-
-        try:
-            dense = env.evaluate_dense()
-            agent = DDPGAgent(env.state_dim, amc['ddpg_cfg'],
-                              amc['action_range'])
-            self.history = run_amc_search(env, agent, callback=callback)
-        finally:
-            env.close()
-        atomic_write(osp.join(self.work_dir, 'amc_best_state.pth'),
-                      lambda p: torch.save(best['state'], p))
-        seconds = time.perf_counter() - t0
-        b = recorder.best
-        done = {
-            'fingerprint': self._fingerprint(),
-            'dense': dense, 'episodes': len(self.history),
-            'seconds': round(seconds, 2),
-            'episodes_per_minute': round(60 * len(self.history) / seconds, 3),
-            'best': {k: v for k, v in b.items()},
-            'csv': recorder.csv_path,
-            'protocol': amc['protocol'],
-            'pruning_method': amc['pruning_method'],
-            'target_density': amc['target_density'],
-        }
-
-        def write(p):
-            with open(p, 'w') as f:
-                json.dump(done, f, indent=2, default=str)
-        atomic_write(osp.join(self.work_dir, 'amc_search.json'), write)
-        return done
-
-
-@HOOKS.register_module()
-class AMCPruningHook(PruningHook):
-    """:class:`PruningHook` that gives :class:`AMCPruning` the work dir
-    (search outputs, reuse) and the validation loader before pruning."""
-
-    def before_train(self, runner) -> None:
-        algo = _algo(runner)
-        algo.work_dir = runner.work_dir
-        algo.val_loader = runner.val_dataloader
-        super().before_train(runner)
-
+        result = run_amc(
+            self.pruner, amc, self._val_fn(reward), self.work_dir,
+            self.ckpt_prefix, layers=self.network, feature_fn=feature_fn,
+            calib_fn=calib_fn if calib else None, latency_fn=latency_fn,
+            seed=self.seed, where='model.network',
+            ckpt_subdir='amc_checkpoints', on_best=on_best,
+            summary_file='amc_search.json',
+            summary_extra={'fingerprint': self._fingerprint()}, t_start=t0)
+        self.history = result.history
+        return result.summary

@@ -1,12 +1,31 @@
-"""Base of algorithms that wrap an ``architecture`` (as in MMRazor)."""
+"""Bases of algorithms that wrap an ``architecture`` (as in MMRazor).
+
+:class:`ArchitectureAlgorithm` builds the architecture and loads trained
+weights; :class:`PruningAlgorithm` is the interface
+:class:`~mmrazor_ext.engine.hooks.PruningHook` drives (channel pruning,
+layer fusion, AMC), with the shared target validation and export.
+"""
 from __future__ import annotations
 
+import json
+import os
+import os.path as osp
+from abc import abstractmethod
+from collections.abc import Iterable
+
+import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
-from mmrazor_ext.registry import MODELS
+from mmrazor_ext.estimators import get_model_complexity
+from mmrazor_ext.pruners.pruned_model import save_pruned
+from mmrazor_ext.registry import METRICS, MODELS
+from mmrazor_ext.utils.evaluation import evaluate_top1
+from mmrazor_ext.utils.io import atomic_write_json
+
+__all__ = ['ArchitectureAlgorithm', 'PruningAlgorithm']
 
 
 class ArchitectureAlgorithm(BaseModel):
@@ -56,3 +75,203 @@ class ArchitectureAlgorithm(BaseModel):
 
     def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
         return self.architecture(inputs, data_samples, mode)
+
+
+def _check_ratio(value, mode: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 < value < 1:
+        raise ValueError(f'target.ratio must be in (0, 1), got {value!r}')
+
+
+def _check_ratios(value, mode: str) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f'target.ratios: mode "{mode}" needs a dict '
+                         '{space name: ratio}')
+
+
+def _check_num(value, mode: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'target.num must be an int >= 0, got {value!r}')
+
+
+#: target field -> its check
+_TARGET_FIELDS = {'ratio': _check_ratio, 'ratios': _check_ratios,
+                  'num': _check_num}
+
+
+class PruningAlgorithm(ArchitectureAlgorithm):
+    """The interface :class:`~mmrazor_ext.engine.hooks.PruningHook` drives.
+
+    Before training the hook records :meth:`complexity` and accuracy in
+    :attr:`report`, calls :meth:`prune` (step 1) and recalibrates BN on
+    :attr:`bn_recalib_batches` batches; every :attr:`interval` epochs it
+    takes the next step until :attr:`num_steps`; after training it calls
+    :meth:`export`. :attr:`step` and :attr:`report` go into the checkpoint
+    (``_extra_state``, with :meth:`structure_state`), so ``--resume``
+    restores the pruned structure before the weights.
+
+    Subclasses set :attr:`TARGET_MODES`, :attr:`DEFAULT_TARGET`,
+    :attr:`METRIC_KIND` and implement :meth:`prune`, :meth:`export_model`,
+    :meth:`export_check`, :meth:`pruned_structure`,
+    :meth:`structure_state` and :meth:`load_structure_state`.
+
+    Args:
+        architecture: Model config (or module) to compress.
+        input_shape: Example input shape for tracing, e.g. ``(1, 1, 28, 28)``.
+        metric: Metric name or config (``dict(type='cdp', coe=0)``) of
+            the ``METRICS`` registry.
+        target: Validated by :meth:`check_target`; default
+            :attr:`DEFAULT_TARGET`.
+        init_checkpoint: Trained weights of ``architecture``.
+        bn_recalib_batches: Training batches for BN recalibration after
+            each pruning step (0 disables it).
+        data_preprocessor: See :class:`ArchitectureAlgorithm`.
+        init_cfg: mmengine init config.
+
+    Attributes:
+        metric (dict): ``dict(type=name, ...)``.
+        target (dict): The validated target.
+        step (int): Pruning steps done (0: not pruned yet).
+        report (dict): Written to ``report.json`` by :meth:`export`; the
+            hook adds accuracies.
+        example_inputs (torch.Tensor): Random input of ``input_shape``.
+    """
+
+    #: target modes -> the field each one requires (``ratio``: a fraction
+    #: in (0, 1); ``ratios``: ``{space: ratio}``; ``num``: an int >= 0)
+    TARGET_MODES: dict[str, str] = {}
+    #: target used when none is given
+    DEFAULT_TARGET: dict = {}
+    #: base class the metric must be a subclass of
+    METRIC_KIND: type = object
+    #: epochs of fine-tuning between pruning steps (None: one step only)
+    interval: int | None = None
+    #: extra tracer leaf modules (FLOPs counting, export)
+    leaf_modules: tuple = ()
+
+    def __init__(self, architecture: dict | nn.Module,
+                 input_shape: Iterable[int] = (1, 3, 32, 32),
+                 metric: str | dict = 'l1', target: dict | None = None,
+                 init_checkpoint: str | None = None,
+                 bn_recalib_batches: int = 20,
+                 data_preprocessor: dict | None = None,
+                 init_cfg: dict | None = None):
+        super().__init__(architecture, init_checkpoint, data_preprocessor,
+                         init_cfg)
+        self.metric = metric if isinstance(metric, dict) else dict(type=metric)
+        cls = METRICS.get(self.metric['type'])
+        if cls is None or not issubclass(cls, self.METRIC_KIND):
+            known = sorted(n for n, c in METRICS.module_dict.items()
+                           if issubclass(c, self.METRIC_KIND))
+            raise KeyError(f"metric: {self.metric['type']!r} is not a "
+                           f'{self.METRIC_KIND.__name__} of the METRICS '
+                           f'registry (known: {known})')
+        self.target = self.check_target(target or self.DEFAULT_TARGET)
+        self.bn_recalib_batches = int(bn_recalib_batches)
+        self.input_shape = tuple(input_shape)
+        self.example_inputs = torch.randn(*self.input_shape)
+        self.step = 0
+        self.report: dict = {}
+
+    # -- config checks ----------------------------------------------------------
+    @classmethod
+    def check_target(cls, target: dict) -> dict:
+        """A validated copy of ``target``.
+
+        ``mode='flops'`` keeps the fraction ``ratio`` of the FLOPs;
+        ``flops_ratio`` is accepted as its explicit name (stored as
+        ``ratio``).
+
+        Raises:
+            ValueError: Naming the bad field.
+        """
+        target = dict(target)
+        mode = target.setdefault('mode', cls.DEFAULT_TARGET.get('mode'))
+        if mode not in cls.TARGET_MODES:
+            raise ValueError(f'target.mode must be one of '
+                             f'{tuple(cls.TARGET_MODES)}, got {mode!r}')
+        if 'flops_ratio' in target:
+            if mode != 'flops':
+                raise ValueError("target.flops_ratio: only with mode 'flops' "
+                                 f'(the fraction of FLOPs kept), got {mode!r}')
+            value = target.pop('flops_ratio')
+            if target.setdefault('ratio', value) != value:
+                raise ValueError('target: flops_ratio and ratio differ; give '
+                                 'one of them')
+        field = cls.TARGET_MODES[mode]
+        _TARGET_FIELDS[field](target.get(field), mode)
+        return target
+
+    # -- checkpoint state -------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        # Plain containers and tensors only: loads with weights_only=True.
+        return {'step': self.step, **self.structure_state(),
+                'report': json.loads(json.dumps(self.report))}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step = int(state.get('step', 0))
+        self.report = dict(state.get('report') or {})
+        self.load_structure_state(state)
+
+    @abstractmethod
+    def structure_state(self) -> dict:
+        """The pruned structure as plain containers / tensors."""
+
+    @abstractmethod
+    def load_structure_state(self, state: dict) -> None:
+        """Re-apply :meth:`structure_state` (on resume)."""
+
+    # -- pruning ----------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        """Pruning steps in total."""
+        return 1
+
+    @abstractmethod
+    def prune(self, batches: Iterable, step: int = 1):
+        """Pruning step ``step`` (1-based) using training ``batches``."""
+
+    def complexity(self, model: nn.Module | None = None) -> dict:
+        """``{'flops', 'params'}`` of ``model`` (default: the
+        architecture)."""
+        model = model if model is not None else self.architecture
+        return get_model_complexity(model, (self.example_inputs,),
+                                    leaf_modules=self.leaf_modules)
+
+    # -- export -----------------------------------------------------------------
+    @abstractmethod
+    def export_model(self) -> nn.Module:
+        """The deployable model (a copy; the algorithm is unchanged)."""
+
+    @abstractmethod
+    def export_check(self, small: nn.Module) -> dict:
+        """Equivalence of ``small`` and the algorithm's model."""
+
+    @abstractmethod
+    def pruned_structure(self) -> dict:
+        """The structure to save (:func:`~.pruned_model.pruned_structure`)."""
+
+    def export_summary(self) -> str:
+        """What the export log line starts with."""
+        return 'exported'
+
+    def export(self, work_dir: str, val_batches: Iterable | None = None
+               ) -> dict:
+        """Write ``pruned_model.pth``, ``subnet.json`` (format of
+        :mod:`.pruned_model`) and ``report.json``; returns the report."""
+        os.makedirs(work_dir, exist_ok=True)
+        small = self.export_model()
+        report = save_pruned(self, work_dir, small, self.pruned_structure(),
+                             self.export_check(small))
+        if val_batches is not None:
+            report['top1_after'] = evaluate_top1(small, val_batches)
+        atomic_write_json(osp.join(work_dir, 'report.json'), report,
+                          indent=2)
+        self.report = report
+        print_log(f"{self.export_summary()}: FLOPs "
+                  f"{report.get('flops_before', 0) / 1e6:.2f} M -> "
+                  f"{report['flops_after'] / 1e6:.2f} M, params "
+                  f"{report.get('params_before', 0) / 1e6:.3f} M -> "
+                  f"{report['params_after'] / 1e6:.3f} M; files in {work_dir}",
+                  logger='current')
+        return report

@@ -9,50 +9,38 @@ on the root module before its children, so ``--resume`` restores the masks.
 """
 from __future__ import annotations
 
-import json
-import os
-import os.path as osp
+import itertools
 from collections.abc import Iterable
 
-import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
-from mmrazor_ext.estimators import get_model_complexity
-from mmrazor_ext.metrics import (
-    FeatureCollector,
-    FMReconstructionCollector,
-    TaylorAccumulator,
-)
+from mmrazor_ext.metrics import ChannelMetric, collect_contents, collector_options
 from mmrazor_ext.pruners import ChannelPruner
+from mmrazor_ext.pruners.pruned_model import pruned_structure
 from mmrazor_ext.registry import METRICS, MODELS
-from mmrazor_ext.utils.evaluation import evaluate_top1, to_tensors
+from mmrazor_ext.utils.evaluation import to_tensors
 
-_FEATURE_STATS = {'cdp': 'pooled', 'apoz': 'zeros', 'hrank': 'rank'}
-_MODES = ('flops', 'uniform', 'global', 'nonuni')
+from .base import PruningAlgorithm
 
-
-def _write_json(path: str, data) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+__all__ = ['IterativePruning', 'OneShotPruning']
 
 
 @MODELS.register_module()
-class OneShotPruning(ArchitectureAlgorithm):
+class OneShotPruning(PruningAlgorithm):
     """Score channels once, mask them, fine-tune, export.
 
     Args:
         architecture: Model config (or module) to prune, e.g. an mmpretrain
             ``ImageClassifier``.
         input_shape: Example input shape for tracing, e.g. ``(1, 1, 28, 28)``.
-        metric: Metric name or config (``dict(type='cdp', coe=0)``).
+        metric: Channel metric name or config (``dict(type='cdp', coe=0)``);
+            its ``needs`` says which data :func:`collect_contents` collects.
         metric_batches: Training batches used to collect features / Taylor
             gradients for data-driven metrics.
         cdp_by: CDP documents: ``'class'`` or ``'sample'``.
-        target: ``dict(mode='flops', ratio=0.5)`` keeps 50 % of the FLOPs;
+        target: ``dict(mode='flops', ratio=0.5)`` keeps 50 % of the FLOPs
+            (``flops_ratio=0.5`` is the explicit name of that ``ratio``);
             ``mode='uniform'|'global'`` removes ``ratio`` of the channels;
             ``mode='nonuni'`` takes ``ratios={space: r}``. For ``flops``,
             ``sampling='uniform'|'global'`` chooses how channels are spread.
@@ -66,6 +54,11 @@ class OneShotPruning(ArchitectureAlgorithm):
             none (the Runner passes the config's top-level one).
     """
 
+    TARGET_MODES = {'flops': 'ratio', 'uniform': 'ratio', 'global': 'ratio',
+                    'nonuni': 'ratios'}
+    DEFAULT_TARGET = dict(mode='flops', ratio=0.5)
+    METRIC_KIND = ChannelMetric
+
     def __init__(self, architecture: dict | nn.Module,
                  input_shape: Iterable[int] = (1, 3, 32, 32),
                  metric: str | dict = 'l1', metric_batches: int = 16,
@@ -75,46 +68,21 @@ class OneShotPruning(ArchitectureAlgorithm):
                  bn_recalib_batches: int = 20,
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None):
-        super().__init__(architecture, init_checkpoint, data_preprocessor,
-                         init_cfg)
-        self.target = self._check_target(target or dict(mode='flops',
-                                                        ratio=0.5))
-        self.metric = metric if isinstance(metric, dict) else dict(type=metric)
-        if METRICS.get(self.metric['type']) is None:
-            raise KeyError(f"metric: {self.metric['type']!r} is not in the "
-                           f'METRICS registry (known: '
-                           f'{sorted(METRICS.module_dict)})')
+        super().__init__(architecture, input_shape, metric, target,
+                         init_checkpoint, bn_recalib_batches,
+                         data_preprocessor, init_cfg)
         self.metric_batches = int(metric_batches)
         self.cdp_by = cdp_by
-        self.bn_recalib_batches = int(bn_recalib_batches)
-        self.example_inputs = torch.randn(*tuple(input_shape))
         self.pruner = ChannelPruner(self.architecture, self.example_inputs,
                                     **(pruner or {}))
-        self.step = 0            # pruning steps done
-        self.report: dict = {}
 
-    # -- config checks ------------------------------------------------------------
-    @staticmethod
-    def _check_target(target: dict) -> dict:
-        target = dict(target)
-        mode = target.get('mode', 'flops')
-        if mode not in _MODES:
-            raise ValueError(f'target.mode must be one of {_MODES}, got '
-                             f'{mode!r}')
-        if mode == 'nonuni':
-            if not isinstance(target.get('ratios'), dict):
-                raise ValueError('target.ratios: mode "nonuni" needs a dict '
-                                 '{space name: ratio}')
-        else:
-            ratio = target.get('ratio')
-            if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-                raise ValueError(f'target.ratio must be in (0, 1), got '
-                                 f'{ratio!r}')
-        sampling = target.get('sampling', 'global')
+    @classmethod
+    def check_target(cls, target: dict) -> dict:
+        target = super().check_target(target)
+        sampling = target.setdefault('sampling', 'global')
         if sampling not in ('uniform', 'global'):
             raise ValueError(f"target.sampling must be 'uniform' or "
                              f"'global', got {sampling!r}")
-        target['mode'], target['sampling'] = mode, sampling
         return target
 
     # -- mmengine model API -----------------------------------------------------------
@@ -122,16 +90,11 @@ class OneShotPruning(ArchitectureAlgorithm):
     def subnet(self):
         return self.pruner.subnet
 
-    def get_extra_state(self) -> dict:
+    def structure_state(self) -> dict:
         subnet = self.pruner.subnet or {}
-        # Plain containers and tensors only: loads with weights_only=True.
-        return {'step': self.step,
-                'subnet': {k: v.clone() for k, v in subnet.items()},
-                'report': json.loads(json.dumps(self.report))}
+        return {'subnet': {k: v.clone() for k, v in subnet.items()}}
 
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state.get('step', 0))
-        self.report = dict(state.get('report') or {})
+    def load_structure_state(self, state: dict) -> None:
         subnet = state.get('subnet') or {}
         if subnet:
             self.pruner.set_subnet(subnet)
@@ -140,36 +103,23 @@ class OneShotPruning(ArchitectureAlgorithm):
 
     # -- pruning ---------------------------------------------------------------------
     def collect_contents(self, batches: Iterable) -> dict | None:
-        """Data the metric needs (features, Taylor scores) or None."""
-        name = self.metric['type']
-        batches = list(_take(batches, self.metric_batches))
-        if name in _FEATURE_STATS:
-            num_classes = getattr(getattr(self.architecture, 'head', None),
-                                  'num_classes', None)
-            col = FeatureCollector(self.pruner.graph,
-                                   stats=(_FEATURE_STATS[name],),
-                                   by=self.cdp_by, num_classes=num_classes)
-            for batch in batches:
-                col.update(*to_tensors(self, batch))
-            return {'cdp': col.documents, 'apoz': col.zero_fraction,
-                    'hrank': col.mean_rank}[name]()
-        if name == 'fm_reconstruction':
-            col = FMReconstructionCollector(
-                self.pruner.graph, self.architecture,
-                n_points_per_fm=self.metric.get('n_points_per_fm', 10))
-            return col.collect(
-                [to_tensors(self, b)[0] for b in batches],
-                forward=lambda m, x: m(x, mode='tensor'))
-        if name == 'taylor':
-            acc = TaylorAccumulator(self.pruner.graph, self.architecture)
+        """The data the metric declares in ``needs`` (None: weights)."""
+        needs = METRICS.get(self.metric['type']).needs
+        num_classes = getattr(getattr(self.architecture, 'head', None),
+                              'num_classes', None)
 
-            def loss_fn(batch):
-                data = self.data_preprocessor(batch, True)
-                losses = self.architecture(data['inputs'],
-                                           data['data_samples'], 'loss')
-                return sum(v for k, v in losses.items() if 'loss' in k)
-            return acc.run(batches, loss_fn)
-        return None
+        def loss_fn(batch):
+            data = self.data_preprocessor(batch, True)
+            losses = self.architecture(data['inputs'], data['data_samples'],
+                                       'loss')
+            return sum(v for k, v in losses.items() if 'loss' in k)
+        return collect_contents(
+            needs, self.pruner.graph, self.architecture,
+            itertools.islice(batches, self.metric_batches),
+            to_tensors=lambda b: to_tensors(self, b), loss_fn=loss_fn,
+            forward=lambda m, x: m(x, mode='tensor'), by=self.cdp_by,
+            num_classes=num_classes,
+            **collector_options(self.metric)[1])
 
     def target_at(self, step: int) -> dict:
         """The target of pruning step ``step`` (1-based)."""
@@ -178,9 +128,8 @@ class OneShotPruning(ArchitectureAlgorithm):
     def prune(self, batches: Iterable, step: int = 1) -> dict:
         """Score, sample and mask; returns the subnet."""
         contents = self.collect_contents(batches)
-        metric = {k: v for k, v in self.metric.items()
-                  if k != 'n_points_per_fm'}  # a collector option
-        scores = self.pruner.get_metric_local(metric, contents)
+        scores = self.pruner.get_metric_local(
+            collector_options(self.metric)[0], contents)
         t = self.target_at(step)
         if t['mode'] == 'flops':
             subnet = self.pruner.sample_subnet_for_flops(
@@ -202,33 +151,16 @@ class OneShotPruning(ArchitectureAlgorithm):
                   logger='current')
         return subnet
 
-    @property
-    def num_steps(self) -> int:
-        return 1
+    # -- export -----------------------------------------------------------------------
+    def export_model(self) -> nn.Module:
+        """The physically sliced model (checked against the masked one)."""
+        return self.pruner.export()
 
-    def complexity(self, model: nn.Module | None = None) -> dict:
-        model = model if model is not None else self.architecture
-        return get_model_complexity(model, (self.example_inputs,))
+    def export_check(self, small: nn.Module) -> dict:
+        return self.pruner.last_export_report
 
-    def export(self, work_dir: str, val_batches: Iterable | None = None
-               ) -> dict:
-        """Write ``pruned_model.pth``, ``subnet.json``, ``report.json``."""
-        os.makedirs(work_dir, exist_ok=True)
-        small = self.pruner.export()
-        subnet_path = osp.join(work_dir, 'subnet.json')
-        self.pruner.save_subnet(subnet_path, weights=False)
-        report = save_pruned(self, work_dir, small, subnet_path,
-                             self.pruner.last_export_report)
-        if val_batches is not None:
-            report['top1_after'] = evaluate_top1(small, val_batches)
-        _write_json(osp.join(work_dir, 'report.json'), report)
-        self.report = report
-        print_log(f"exported: FLOPs {report['flops_before'] / 1e6:.2f} M -> "
-                  f"{report['flops_after'] / 1e6:.2f} M, params "
-                  f"{report['params_before'] / 1e6:.3f} M -> "
-                  f"{report['params_after'] / 1e6:.3f} M; files in {work_dir}",
-                  logger='current')
-        return report
+    def pruned_structure(self) -> dict:
+        return pruned_structure(self.pruner)
 
 
 @MODELS.register_module()
@@ -279,28 +211,3 @@ class IterativePruning(OneShotPruning):
             t['ratio'] = t['ratio'] * f
         return t
 
-
-def save_pruned(algo, work_dir: str, small: nn.Module, subnet_path: str,
-                export_check) -> dict:
-    """Write ``pruned_model.pth`` (temp file, then rename); ``algo``'s report
-    updated with the exported model's FLOPs and params."""
-    ckpt = osp.join(work_dir, 'pruned_model.pth')
-    tmp = ckpt + '.tmp'
-    torch.save({'state_dict': small.state_dict(),
-                'meta': {'subnet': osp.basename(subnet_path),
-                         'algorithm': type(algo).__name__}}, tmp)
-    os.replace(tmp, ckpt)
-    after = algo.complexity(small)
-    report = dict(algo.report)
-    report.update(
-        flops_after=after['flops'], params_after=after['params'],
-        flops_ratio=after['flops'] / max(report.get('flops_before', 1), 1),
-        export_check=export_check, pruned_model=ckpt, subnet=subnet_path)
-    return report
-
-
-def _take(batches, n):
-    for i, batch in enumerate(batches):
-        if i >= n:
-            break
-        yield batch

@@ -34,9 +34,7 @@ trained and a resumed optimizer state matches its shapes.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import os.path as osp
+import itertools
 from collections.abc import Iterable
 
 import torch
@@ -44,8 +42,6 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrazor_ext.algorithms.base import ArchitectureAlgorithm
-from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.graph import (
     MergeMeter,
@@ -58,16 +54,16 @@ from mmrazor_ext.graph import (
     remove_blocks,
 )
 from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
+from mmrazor_ext.pruners.pruned_model import pruned_structure
 from mmrazor_ext.registry import METRICS, MODELS
-from mmrazor_ext.utils.evaluation import evaluate_top1, to_tensors
+from mmrazor_ext.utils.evaluation import to_tensors
 
-from .channel_pruning import OneShotPruning, _take, _write_json, save_pruned
+from .base import PruningAlgorithm
+from .channel_pruning import OneShotPruning
 
-__all__ = ['LayerFusion', 'block_flops', 'load_fused_model',
-           'merge_flops_delta', 'plan_fusion', 'select_blocks']
+__all__ = ['LayerFusion', 'block_flops', 'merge_flops_delta', 'plan_fusion',
+           'select_blocks']
 
-_FORMAT = 'mmrazor_ext.fusion'
-_TARGET_MODES = ('num_blocks', 'flops')
 _MERGE_KEYS = ('linear_tol', 'max_blocks', 'allow_more_flops', 'batches')
 
 
@@ -194,7 +190,7 @@ def select_blocks(scores: dict[str, float], candidates: list[str],
 
 
 @MODELS.register_module()
-class LayerFusion(ArchitectureAlgorithm):
+class LayerFusion(PruningAlgorithm):
     """Score residual blocks, remove the weakest, fine-tune, export.
 
     Args:
@@ -205,8 +201,9 @@ class LayerFusion(ArchitectureAlgorithm):
             ``'block_cosine'`` (features) or ``'block_weight_norm'``.
         metric_batches: Training batches for feature metrics.
         target: ``dict(mode='num_blocks', num=k)`` removes the k weakest
-            blocks; ``dict(mode='flops', ratio=r)`` removes weakest blocks
-            until at most ``r`` of the FLOPs remain (see :meth:`select`).
+            blocks; ``dict(mode='flops', ratio=r)`` (or ``flops_ratio=r``)
+            removes weakest blocks until at most ``r`` of the FLOPs remain
+            (see :meth:`select`).
         removal_mode: ``'identity'`` (only blocks with identity shortcuts)
             or ``'keep_shortcut'`` (projection blocks may lose their
             residual branch and keep the shortcut).
@@ -239,6 +236,10 @@ class LayerFusion(ArchitectureAlgorithm):
             none.
     """
 
+    TARGET_MODES = {'num_blocks': 'num', 'flops': 'ratio'}
+    DEFAULT_TARGET = dict(mode='num_blocks', num=1)
+    METRIC_KIND = LayerMetric
+
     def __init__(self, architecture: dict | nn.Module,
                  input_shape: Iterable[int] = (1, 3, 32, 32),
                  metric: str | dict = 'block_cka', metric_batches: int = 16,
@@ -253,18 +254,9 @@ class LayerFusion(ArchitectureAlgorithm):
                  leaf_modules: Iterable[type | str] = (),
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None):
-        super().__init__(architecture, init_checkpoint, data_preprocessor,
-                         init_cfg)
-        self.metric = metric if isinstance(metric, dict) else dict(type=metric)
-        cls = METRICS.get(self.metric['type'])
-        if cls is None or not issubclass(cls, LayerMetric):
-            known = sorted(n for n, c in METRICS.module_dict.items()
-                           if issubclass(c, LayerMetric))
-            raise KeyError(f"metric: {self.metric['type']!r} is not a block "
-                           f'(layer) metric of the METRICS registry; known: '
-                           f'{known}')
-        self.target = self._check_target(target or dict(mode='num_blocks',
-                                                        num=1))
+        super().__init__(architecture, input_shape, metric, target,
+                         init_checkpoint, bn_recalib_batches,
+                         data_preprocessor, init_cfg)
         if removal_mode not in ('identity', 'keep_shortcut'):
             raise ValueError(f"removal_mode must be 'identity' or "
                              f"'keep_shortcut', got {removal_mode!r}")
@@ -274,7 +266,6 @@ class LayerFusion(ArchitectureAlgorithm):
             else None
         self.fuse_bn = bool(fuse_bn)
         self.metric_batches = int(metric_batches)
-        self.bn_recalib_batches = int(bn_recalib_batches)
         self.leaf_modules = tuple(leaf_modules)
         self.distill = self._check_distill(distill)
         # A frozen copy of the original, outside the module tree (not in the
@@ -284,36 +275,12 @@ class LayerFusion(ArchitectureAlgorithm):
             teacher = copy.deepcopy(self.architecture).eval()
             teacher.requires_grad_(False)
             self.__dict__['_teacher'] = teacher
-        self.input_shape = tuple(input_shape)
-        self.example_inputs = torch.randn(*self.input_shape)
-        self.step = 0
         self.removed: list[str] = []
         self.merged: list[str] = []
-        self.report: dict = {}
         # Not a submodule: it shares ``architecture`` (no duplicate keys).
         self.__dict__['_width'] = None
 
     # -- config checks ----------------------------------------------------------
-    @staticmethod
-    def _check_target(target: dict) -> dict:
-        target = dict(target)
-        mode = target.get('mode', 'num_blocks')
-        if mode not in _TARGET_MODES:
-            raise ValueError(f'target.mode must be one of {_TARGET_MODES}, '
-                             f'got {mode!r}')
-        if mode == 'num_blocks':
-            num = target.get('num')
-            if isinstance(num, bool) or not isinstance(num, int) or num < 0:
-                raise ValueError(f'target.num must be an int >= 0, got '
-                                 f'{num!r}')
-        else:
-            ratio = target.get('ratio')
-            if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-                raise ValueError(f'target.ratio must be in (0, 1), got '
-                                 f'{ratio!r}')
-        target['mode'] = mode
-        return target
-
     @staticmethod
     def _check_merging(merge: dict | None, default_batches: int
                      ) -> dict | None:
@@ -385,22 +352,13 @@ class LayerFusion(ArchitectureAlgorithm):
         losses['loss_kd'] = self.distill['weight'] * kd
         return losses
 
-    @property
-    def num_steps(self) -> int:
-        return 1
-
-    def get_extra_state(self) -> dict:
+    def structure_state(self) -> dict:
         width = self._width
         subnet = (width.pruner.subnet or {}) if width is not None else {}
-        # Plain containers and tensors only: loads with weights_only=True.
-        return {'step': self.step, 'removed': list(self.removed),
-                'merged': list(self.merged),
-                'channel_subnet': {k: v.clone() for k, v in subnet.items()},
-                'report': json.loads(json.dumps(self.report))}
+        return {'removed': list(self.removed), 'merged': list(self.merged),
+                'channel_subnet': {k: v.clone() for k, v in subnet.items()}}
 
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state.get('step', 0))
-        self.report = dict(state.get('report') or {})
+    def load_structure_state(self, state: dict) -> None:
         removed = list(state.get('removed') or [])
         if removed and not self.removed:
             self._remove(removed)
@@ -437,7 +395,7 @@ class LayerFusion(ArchitectureAlgorithm):
         contents = None
         if metric.requires_features:
             col = BlockFeatureCollector(blocks)
-            for batch in _take(batches, self.metric_batches):
+            for batch in itertools.islice(batches, self.metric_batches):
                 col.update(to_tensors(self, batch)[0])
             contents = col.statistics()
         return metric(blocks, self.architecture, contents)
@@ -470,7 +428,7 @@ class LayerFusion(ArchitectureAlgorithm):
         """
         names = [n for n, i in find_mergeable(blocks).items() if i.mergeable]
         meter = MergeMeter(self.architecture, blocks, names)
-        for batch in _take(batches, self.merging['batches']):
+        for batch in itertools.islice(batches, self.merging['batches']):
             meter.update(to_tensors(self, batch)[0])
         if names and meter.num_samples == 0:
             raise ValueError('merging needs calibration batches (got none): '
@@ -507,7 +465,7 @@ class LayerFusion(ArchitectureAlgorithm):
                                                           16)))
         if self.merging is not None:
             need = max(need, self.merging['batches'])
-        batches = list(_take(batches, need))
+        batches = list(itertools.islice(batches, need))
         blocks = self.blocks()
         cands = self.candidates(blocks)
         scores = self.score(batches, blocks)
@@ -555,11 +513,6 @@ class LayerFusion(ArchitectureAlgorithm):
             self.report['channel_target'] = width.target
         return chosen
 
-    def complexity(self, model: nn.Module | None = None) -> dict:
-        model = model if model is not None else self.architecture
-        return get_model_complexity(model, (self.example_inputs,),
-                                    leaf_modules=self.leaf_modules)
-
     def export_model(self) -> nn.Module:
         """The deployable model: removed blocks, sliced channels, folded BN
         if ``fuse_bn`` (a deep copy; the algorithm is unchanged)."""
@@ -572,79 +525,22 @@ class LayerFusion(ArchitectureAlgorithm):
                             self.leaf_modules, inplace=True)
         return small
 
-    def export(self, work_dir: str, val_batches: Iterable | None = None
-               ) -> dict:
-        """Write ``pruned_model.pth``, ``subnet.json``, ``report.json``."""
-        os.makedirs(work_dir, exist_ok=True)
-        small = self.export_model()
+    def export_check(self, small: nn.Module) -> dict:
         gen = torch.Generator().manual_seed(0)
-        check = check_equivalence(
+        return check_equivalence(
             self.architecture, small,
             (torch.randn(self.example_inputs.shape, generator=gen),))
-        subnet = {'format': _FORMAT, 'version': 1,
-                  'input_shape': list(self.input_shape),
-                  'removal_mode': self.removal_mode,
-                  'removed_blocks': list(self.removed),
-                  'merged_blocks': list(self.merged),
-                  'bn_folded': self.fuse_bn,
-                  'channel_subnet': None}
-        if self._width is not None:
-            path = osp.join(work_dir, 'channel_subnet.json')
-            self._width.pruner.save_subnet(path, weights=False)
-            subnet['channel_subnet'] = osp.basename(path)
-        subnet_path = osp.join(work_dir, 'subnet.json')
-        _write_json(subnet_path, subnet)
-        report = save_pruned(self, work_dir, small, subnet_path, check)
-        if val_batches is not None:
-            report['top1_after'] = evaluate_top1(small, val_batches)
-        _write_json(osp.join(work_dir, 'report.json'), report)
-        self.report = report
-        print_log(f"exported: removed {len(self.removed)} blocks, merged "
-                  f"{len(self.merged)}, FLOPs "
-                  f"{report.get('flops_before', 0) / 1e6:.2f} M -> "
-                  f"{report['flops_after'] / 1e6:.2f} M; files in {work_dir}",
-                  logger='current')
-        return report
 
+    def pruned_structure(self) -> dict:
+        width = self._width.pruner if self._width is not None else None
+        return pruned_structure(
+            width, example_inputs=(self.example_inputs,),
+            removal_mode=self.removal_mode, removed_blocks=self.removed,
+            merged_blocks=self.merged, bn_folded=self.fuse_bn)
 
-def load_fused_model(model: nn.Module, subnet_path: str,
-                     load_weights: bool = True,
-                     leaf_modules: Iterable[type | str] = ()) -> nn.Module:
-    """Rebuild a :class:`LayerFusion` export from the original definition.
-
-    Args:
-        model: A freshly built model of the original architecture.
-        subnet_path: ``subnet.json`` written by :meth:`LayerFusion.export`.
-        load_weights: Load ``pruned_model.pth`` from the same directory.
-        leaf_modules: Leaf modules used at export time.
-
-    Returns:
-        The exported model (shallower, merged, sliced, folded as it was
-        saved).
-    """
-    from mmrazor_ext.pruners import load_subnet
-    with open(subnet_path) as f:
-        data = json.load(f)
-    if data.get('format') != _FORMAT:
-        raise ValueError(f'{subnet_path} is not a LayerFusion subnet '
-                         f'({_FORMAT})')
-    x = torch.randn(*data['input_shape'])
-    small = remove_blocks(model, data['removed_blocks'],
-                          example_inputs=x, mode=data['removal_mode'])
-    if data.get('merged_blocks'):  # merged after removal, as exported
-        small = merge_blocks(small, data['merged_blocks'], example_inputs=x,
-                             inplace=True, leaf_modules=leaf_modules)
-    folder = osp.dirname(osp.abspath(subnet_path))
-    if data.get('channel_subnet'):
-        small = load_subnet(small, osp.join(folder, data['channel_subnet']),
-                            example_inputs=(x,), leaf_modules=leaf_modules,
-                            load_weights=False)
-    if data.get('bn_folded'):
-        small = fold_bn(small, (x,), leaf_modules, inplace=True)
-    if load_weights:
-        state = safe_load(osp.join(folder, 'pruned_model.pth'))['state_dict']
-        small.load_state_dict(state)
-    return small
+    def export_summary(self) -> str:
+        return (f'exported: removed {len(self.removed)} blocks, merged '
+                f'{len(self.merged)}')
 
 
 def _finite(x: float) -> float | None:

@@ -9,8 +9,8 @@ trials are metric-guided *global* samples (one threshold over all spaces,
 budgets) plus uniform ratios, snapped to the grid -- the hybrid part -- and
 NSGA-II evolves from there.
 
-:class:`HybridSearchLoop` is the ``train_cfg`` that runs the search through
-``tools/train.py``: candidates are scored by
+:class:`~mmrazor_ext.engine.loops.HybridSearchLoop` is the ``train_cfg``
+that runs the search through ``tools/train.py``: candidates are scored by
 :class:`~mmrazor_ext.search.AdaptiveBNEvaluator` (BN recalibrated on K fixed
 training batches, top-1 on a fixed held-out set), the study lives in
 ``sqlite:///<work_dir>/search.db`` (resumable, shared by workers: torchrun
@@ -34,15 +34,10 @@ import os
 import os.path as osp
 from collections.abc import Iterable, Sequence
 
-import torch
-from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
-from mmengine.runner.base_loop import BaseLoop
-from torch.utils.data import DataLoader, Subset
 
 from mmrazor_ext.estimators import get_model_complexity
-from mmrazor_ext.registry import LOOPS, MODELS
+from mmrazor_ext.registry import MODELS
 from mmrazor_ext.search import (
     AdaptiveBNEvaluator,
     KeepRatioSpace,
@@ -50,12 +45,14 @@ from mmrazor_ext.search import (
     pareto_front,
     ratio_grid,
 )
+from mmrazor_ext.search.evaluator import preserve_subnet
+from mmrazor_ext.utils.io import atomic_write_json
 from mmrazor_ext.visualization.pareto import plot_pareto
 
 from .channel_pruning import OneShotPruning
 
-__all__ = ['HybridSearch', 'HybridSearchLoop', 'load_search_results',
-           'run_hybrid_search', 'write_search_results']
+__all__ = ['HybridSearch', 'load_search_results', 'run_hybrid_search',
+           'write_search_results']
 
 _RESULTS_FORMAT = 'mmrazor_ext.search_results'
 
@@ -69,7 +66,8 @@ class HybridSearch(OneShotPruning):
         input_shape: Example input shape for tracing.
         metric: Channel metric deciding which channels a ratio keeps.
         grid: ``dict(low=0.3, high=1.0, step=0.1)`` keep-ratio grid.
-        seeds: Metric-guided first candidates, see
+        seeds: Metric-guided first candidates (``global_prune_ratios``,
+            ``flops_ratios``, ``uniform``), see
             :class:`~mmrazor_ext.search.KeepRatioSpace`.
         **kwargs: :class:`OneShotPruning` arguments (``pruner``,
             ``init_checkpoint``, ``metric_batches``, ``cdp_by``,
@@ -86,8 +84,8 @@ class HybridSearch(OneShotPruning):
         if unknown:
             raise KeyError(f'grid: unknown keys {sorted(unknown)}')
         self.grid = ratio_grid(g['low'], g['high'], g['step'])
-        self.seeds = dict(seeds or {})
-        KeepRatioSpace(self.pruner, {}, self.grid, self.seeds)  # check keys
+        # checks the keys and maps deprecated ones (once, here)
+        self.seeds = KeepRatioSpace(self.pruner, {}, self.grid, seeds).seeds
         self.space: KeepRatioSpace | None = None
 
     def build_space(self, batches: Iterable) -> KeepRatioSpace:
@@ -120,13 +118,6 @@ def run_hybrid_search(space: KeepRatioSpace, evaluator: AdaptiveBNEvaluator,
     return searcher
 
 
-def _atomic_json(path: str, data) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def write_search_results(space: KeepRatioSpace, searcher: OptunaSearcher,
                          out_dir: str, targets: Sequence[float] = (0.5,),
                          title: str = 'hybrid search',
@@ -145,9 +136,8 @@ def write_search_results(space: KeepRatioSpace, searcher: OptunaSearcher,
     total = pruner.original_flops
     total_params = get_model_complexity(pruner.model,
                                         pruner.example_inputs)['params']
-    was = pruner.subnet
     entries = []
-    try:
+    with preserve_subnet(pruner, bn_stats=False):
         for i in sorted(front, key=lambda i: records[i]['flops']):
             rec = dict(records[i])
             subnet = space.subnet_from_ratios(rec['ratios'])
@@ -174,11 +164,6 @@ def write_search_results(space: KeepRatioSpace, searcher: OptunaSearcher,
                                 'flops': r['flops'],
                                 'flops_ratio': r['flops_ratio'],
                                 'subnet_file': osp.basename(path)}
-    finally:
-        if was is None:
-            pruner.clear_subnet()
-        else:
-            pruner.set_subnet(was)
     data = {
         'format': _RESULTS_FORMAT, 'version': 1,
         'study_name': searcher.study_name, 'storage': searcher.storage_url,
@@ -188,7 +173,7 @@ def write_search_results(space: KeepRatioSpace, searcher: OptunaSearcher,
         'n_completed': len(searcher.completed()),
         'n_evaluated': len(records), 'pareto': entries, 'best': best,
     }
-    _atomic_json(osp.join(out_dir, 'search_results.json'), data)
+    atomic_write_json(osp.join(out_dir, 'search_results.json'), data)
     plot_pareto(records, front, osp.join(out_dir, 'search_pareto.png'),
                 original_flops=total, targets=targets, title=title)
     print_log(f'search results: {len(entries)} Pareto subnets, best per '
@@ -222,162 +207,3 @@ def load_search_results(path: str) -> dict:
         if not 0 <= e['top1'] <= 100:
             raise ValueError(f'{path}: pareto[{i}].top1 out of [0, 100]')
     return data
-
-
-# -- the Runner loop -----------------------------------------------------------------
-def _fixed_loader(loader: DataLoader, num_samples: int, offset: int = 0
-                  ) -> DataLoader:
-    """The same samples in the same order on every worker and every run:
-    a seeded permutation of the dataset, cut to ``num_samples`` after
-    ``offset`` (no distributed sampler)."""
-    ds = loader.dataset
-    n = len(ds)
-    if offset + num_samples > n:
-        raise ValueError(f'need {offset + num_samples} samples, the dataset '
-                         f'has {n}')
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    idx = perm[offset:offset + num_samples].tolist()
-    return DataLoader(Subset(ds, idx), batch_size=loader.batch_size,
-                      shuffle=False, collate_fn=loader.collate_fn,
-                      num_workers=0)
-
-
-@LOOPS.register_module()
-class HybridSearchLoop(BaseLoop):
-    """Runs the hybrid search as the Runner's ``train_cfg``.
-
-    Args:
-        runner: The Runner.
-        dataloader: Training dataloader (config dict or loader).
-        n_trials: Completed trials wanted in the study (resumes count).
-        objectives: ``('top1', 'flops')`` (Pareto, NSGA-II) or ``('top1',)``
-            with ``max_flops_ratio`` (constrained).
-        sampler: ``dict(type='nsga2', population_size=20, seed=0)``.
-        storage: Optuna storage URL; default ``sqlite:///<work_dir>/search.db``.
-        study_name: Study name (default: the config's file name).
-        max_flops_ratio / min_flops_ratio: FLOPs constraint (fractions).
-        targets: FLOPs fractions for which the best subnet JSON is written.
-        bn_batches: K training batches for adaptive BN.
-        eval_source: ``'val'`` (the val dataloader's dataset) or ``'train'``
-            (held-out training samples disjoint from the BN batches).
-        eval_samples: Held-out samples per candidate.
-        eval_mode: ``'masked'`` or ``'export'`` (see the evaluator).
-        latency: Measure CPU latency of each candidate (``latency_ms``).
-        result_dir: Where results go (default: the directory of the
-            algorithm's ``init_checkpoint``, else the work dir).
-        write_results: False for extra workers whose peers write them.
-        use_seeds: Enqueue the metric-guided seeds into a new study.
-        timeout: Seconds after which this process stops searching.
-        progress: Show a tqdm progress bar.
-    """
-
-    def __init__(self, runner, dataloader, n_trials: int = 100,
-                 objectives: Sequence[str] = ('top1', 'flops'),
-                 sampler: dict | None = None, storage: str | None = None,
-                 study_name: str | None = None,
-                 max_flops_ratio: float | None = None,
-                 min_flops_ratio: float | None = None,
-                 targets: Sequence[float] = (0.5,), bn_batches: int = 10,
-                 eval_source: str = 'val', eval_samples: int = 1000,
-                 eval_mode: str = 'masked', latency: bool = False,
-                 result_dir: str | None = None, write_results: bool = True,
-                 use_seeds: bool = True, timeout: float | None = None,
-                 progress: bool = True):
-        super().__init__(runner, dataloader)
-        if eval_source not in ('val', 'train'):
-            raise ValueError(f"train_cfg.eval_source must be 'val' or "
-                             f"'train', got {eval_source!r}")
-        if n_trials < 0:
-            raise ValueError(f'train_cfg.n_trials must be >= 0, got '
-                             f'{n_trials}')
-        self.n_trials = int(n_trials)
-        self.objectives = tuple(objectives)
-        self.sampler = sampler
-        self.storage = storage or \
-            f'sqlite:///{osp.abspath(runner.work_dir)}/search.db'
-        self.study_name = study_name or osp.splitext(osp.basename(
-            runner.cfg.filename or 'search'))[0]
-        self.max_flops_ratio = max_flops_ratio
-        self.min_flops_ratio = min_flops_ratio
-        self.targets = tuple(targets)
-        self.bn_batches = int(bn_batches)
-        self.eval_source = eval_source
-        self.eval_samples = int(eval_samples)
-        self.eval_mode = eval_mode
-        self.latency = bool(latency)
-        self.result_dir = result_dir
-        self.write_results = bool(write_results)
-        self.use_seeds = bool(use_seeds)
-        self.timeout = timeout
-        self.progress = progress
-        self._iter = 0
-
-    # attributes the Runner reads from a train loop
-    @property
-    def iter(self) -> int:
-        return self._iter
-
-    @property
-    def max_iters(self) -> int:
-        return self.n_trials
-
-    @property
-    def epoch(self) -> int:
-        return 0
-
-    @property
-    def max_epochs(self) -> int:
-        return 1
-
-    def _algo(self) -> HybridSearch:
-        model = self.runner.model
-        model = model.module if is_model_wrapper(model) else model
-        if not isinstance(model, HybridSearch):
-            raise TypeError(f'HybridSearchLoop needs model type HybridSearch, '
-                            f'got {type(model).__name__}')
-        return model
-
-    def run(self):
-        runner = self.runner
-        algo = self._algo()
-        algo.eval()
-        rank, world = get_dist_info()
-        worker = int(os.environ.get('MMRAZOR_SEARCH_WORKER', rank))
-        train = self.dataloader
-        bs = train.batch_size
-        n_bn = self.bn_batches * bs
-        bn_loader = _fixed_loader(train, n_bn)
-        if self.eval_source == 'train':
-            eval_loader = _fixed_loader(train, self.eval_samples, n_bn)
-        else:
-            val = runner.val_dataloader
-            eval_loader = _fixed_loader(
-                val, min(self.eval_samples, len(val.dataset)))
-        print_log(f'search worker {worker}: scoring channels with '
-                  f'{algo.metric["type"]}', logger='current')
-        space = algo.build_space(_fixed_loader(
-            train, min(len(train.dataset), algo.metric_batches * bs)))
-        evaluator = AdaptiveBNEvaluator(
-            algo.pruner, bn_loader, eval_loader, bn_batches=self.bn_batches,
-            latency=self.latency, mode=self.eval_mode)
-        searcher = OptunaSearcher(
-            space.names, space.grid, objectives=self.objectives,
-            sampler=self.sampler, storage=self.storage,
-            study_name=self.study_name,
-            max_flops_ratio=self.max_flops_ratio,
-            min_flops_ratio=self.min_flops_ratio, worker_index=worker)
-        run_hybrid_search(space, evaluator, searcher, self.n_trials,
-                          use_seeds=self.use_seeds,
-                          progress=self.progress and rank == 0,
-                          timeout=self.timeout)
-        self._iter = len(searcher.completed())
-        if world > 1:
-            barrier()
-        if rank == 0 and self.write_results:
-            out = self.result_dir or (
-                osp.dirname(osp.abspath(algo.init_checkpoint))
-                if algo.init_checkpoint else runner.work_dir)
-            write_search_results(space, searcher, out, self.targets,
-                                 title=self.study_name,
-                                 metric=algo.metric['type'])
-        return algo

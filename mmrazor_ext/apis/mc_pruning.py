@@ -9,6 +9,7 @@ The YAML file has the sections of Knight's ``pruning_template.yaml``::
       device: 0                    # GPU id when CUDA is available, or 'cpu'
       output_dir: ./output
       seed: 0                      # addition: seeds the agent and sampling
+      network_channels: input      # addition: input (Knight) | output
     amc_cfg:
       agent_algo: DDPG
       protocol: mac-constrained    # accuracy-guaranteed,
@@ -23,7 +24,7 @@ The YAML file has the sections of Knight's ``pruning_template.yaml``::
       latency_weight: 0.0          # addition: reward -= w * latency / dense
       ddpg_cfg: {bsize: 64, warmup: 100, num_training_episodes: 300, ...}
     network:
-      resnet20_fmnist: [backbone.layer1.0.conv1, ...]   # omitted: all layers
+      resnet20_fmnist: [backbone.layer1.0.conv2, ...]   # omitted: all layers
     docker_cfg:
       run_latency: False
       latency_cmd: null            # addition: 'mybench --onnx {onnx}'
@@ -31,10 +32,22 @@ The YAML file has the sections of Knight's ``pruning_template.yaml``::
       chip: ...                    # Knight keys: accepted, usable as
                                    # {chip} ... fields of latency_cmd
 
-``network`` entries name layers whose **output** channels are pruned (with
-every consumer's inputs). Layers sharing their output channels with others
-(residual groups) must be listed together, otherwise a ``ValueError`` names
-the missing ones (KMC notes, point 2).
+``network`` entries name layers whose **input** channels are pruned, as in
+Knight ("KMC注意事项" 1: pruning Conv2's input channels Ci removes the
+matching filters of Conv1, the layer that produces them). Only the directly
+preceding layer may follow (BN / activation / pooling in between are
+fine); a listed layer whose pruning would reach further, because its input
+is a residual stream, a concat, or a tensor other layers read too, is a
+``ValueError`` naming the listed layer and the layers it would also change
+("KMC注意事项" 2). For a torchvision ResNet-50 the seed's list
+``[layer1.0.conv2, layer1.0.conv3, ...]`` prunes the filters of
+``conv1`` / ``conv2`` of each bottleneck; ``layer1.1.conv1`` (input: the
+residual stream) is an error. ``app_args.network_channels: output`` (an
+addition) makes entries name layers whose **output** channels are pruned
+instead, with every consumer's inputs; layers sharing their output channels
+(a residual group) must then all be listed, which is the only way to search
+residual streams from a list (without ``network`` every space is searched).
+A trailing ``.weight`` on an entry is ignored.
 
 Usage mirrors Knight::
 
@@ -54,7 +67,6 @@ runs the forward passes whose features fm-reconstruction samples (default:
 """
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
 import time
@@ -63,28 +75,26 @@ from typing import Any
 
 import torch
 import yaml
-from mmengine.logging import print_log
 from torch import nn
 
-from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.pruners import ChannelPruner
-from mmrazor_ext.search.amc_env import AMCEnv, run_amc_search
+from mmrazor_ext.pruners.pruned_model import (
+    save_pruned_model as write_pruned_model,
+)
+from mmrazor_ext.search.amc_decisions import NetworkList, check_channels
 from mmrazor_ext.search.amc_search import (
-    KMCRecorder,
     LatencyProvider,
-    episode_meta,
     parse_amc_cfg,
     rebuild_pruned,
-    save_pruned_checkpoint,
 )
-from mmrazor_ext.search.ddpg import DDPGAgent
-from mmrazor_ext.utils.io import atomic_write
+from mmrazor_ext.search.amc_workflow import run_amc
 
 __all__ = ['MCPruning', 'load_pruning_config']
 
 _SECTIONS = ('app_args', 'amc_cfg', 'network', 'docker_cfg')
 _APP_ARGS = {'arch': str, 'dataset': str, 'input_shape': (list, tuple),
-             'device': (int, str), 'output_dir': str, 'seed': int}
+             'device': (int, str), 'output_dir': str, 'seed': int,
+             'network_channels': str}
 _DOCKER = {'run_latency': bool, 'chip': str, 'image_path': str,
            'localhost_dir': str, 'container_dir': str, 'workspace_dir': str,
            'container_name': str, 'bit_width': int, 'is_sparse': bool,
@@ -111,8 +121,9 @@ def load_pruning_config(config_file: str | Mapping) -> dict:
     """Read and validate a Knight pruning YAML (or an equivalent dict).
 
     Returns:
-        ``{'app_args', 'amc_cfg' (parsed, defaults filled), 'layers' (list
-        or None), 'docker_cfg'}``.
+        ``{'app_args', 'amc_cfg' (parsed, defaults filled), 'layers'
+        (a :class:`~mmrazor_ext.search.amc_decisions.NetworkList` carrying
+        ``app_args.network_channels``, or None), 'docker_cfg'}``.
 
     Raises:
         KeyError / ValueError: naming the offending field.
@@ -145,6 +156,8 @@ def load_pruning_config(config_file: str | Mapping) -> dict:
     app.setdefault('device', 0)
     app.setdefault('output_dir', './output')
     app.setdefault('seed', 0)
+    app.setdefault('network_channels', 'input')
+    check_channels(app['network_channels'], 'app_args.network_channels')
     amc_raw = cfg.get('amc_cfg') or {}
     if not isinstance(amc_raw, Mapping):
         raise ValueError('amc_cfg: must be a mapping')
@@ -166,8 +179,9 @@ def load_pruning_config(config_file: str | Mapping) -> dict:
                     isinstance(n, str) for n in layers):
                 raise ValueError(f"network.{app['arch']}: must be a list of "
                                  'layer names')
-            layers = [n[:-len('.weight')] if n.endswith('.weight') else n
-                      for n in layers]
+            layers = NetworkList(
+                (n[:-len('.weight')] if n.endswith('.weight') else n
+                 for n in layers), app['network_channels'])
     docker = dict(cfg.get('docker_cfg') or {})
     _check_types(docker, _DOCKER, 'docker_cfg')
     docker.setdefault('run_latency', False)
@@ -250,59 +264,16 @@ class MCPruning:
             latency_fn = LatencyProvider(
                 (example,), docker['latency_cmd'], docker['latency_repeats'],
                 fields)
-        env = AMCEnv(
-            pruner, need_args['val_fn'], layers=cfg['layers'],
-            target_density=amc['target_density'],
-            action_range=amc['action_range'],
-            pruning_method=amc['pruning_method'],
-            n_points_per_fm=amc['n_points_per_fm'],
-            group_size=amc['group_size'], protocol=amc['protocol'],
-            feature_fn=need_args.get('feature_fn'),
-            calib_fn=need_args.get('calib_fn'), latency_fn=latency_fn,
-            latency_weight=amc['latency_weight'], seed=app['seed'],
-            where=f"network.{app['arch']}")
         try:
-            dense = env.evaluate_dense()
-            print_log(f"dense model: ind1 {dense['ind1']:.2f}, ind2 "
-                      f"{dense['ind2']:.2f}, {env.dense_macs / 1e6:.2f} M "
-                      f'MACs; {len(env.decisions)} decisions, target '
-                      f"density {amc['target_density']}", logger='current')
-            agent = DDPGAgent(env.state_dim, amc['ddpg_cfg'],
-                              amc['action_range'])
-
-            def save(path, info):
-                save_pruned_checkpoint(path, info['model'], pruner,
-                                       info['subnet'], episode_meta(info))
-            recorder = KMCRecorder(out_dir, app['arch'], amc['save_top_k'],
-                                   save)
-            history = run_amc_search(env, agent, callback=recorder)
+            result = run_amc(
+                pruner, amc, need_args['val_fn'], out_dir, app['arch'],
+                layers=cfg['layers'], feature_fn=need_args.get('feature_fn'),
+                calib_fn=need_args.get('calib_fn'), latency_fn=latency_fn,
+                seed=app['seed'], where=f"network.{app['arch']}",
+                summary_file='amc-summary.json', t_start=t0)
         finally:
-            env.close()
             model.train(was_training)
-        seconds = time.perf_counter() - t0
-        best = recorder.best
-        summary = {
-            'dense': dense, 'dense_macs': env.dense_macs,
-            'dense_params': env.dense_params,
-            'dense_latency_ms': env.dense_latency,
-            'episodes': len(history), 'seconds': round(seconds, 2),
-            'episodes_per_minute': round(60 * len(history) / seconds, 3),
-            'csv': recorder.csv_path,
-            'best': {k: v for k, v in best.items()} if best else None,
-            'best_checkpoint': osp.join(out_dir, best['ckpt_name'])
-            if best else None,
-            'protocol': amc['protocol'],
-            'target_density': amc['target_density'],
-        }
-
-        def write(p):
-            with open(p, 'w') as f:
-                json.dump(summary, f, indent=2, default=str)
-        atomic_write(osp.join(out_dir, 'amc-summary.json'), write)
-        print_log(f'AMC search done: {len(history)} episodes in '
-                  f'{seconds:.0f} s; best {summary["best_checkpoint"]}',
-                  logger='current')
-        return summary
+        return result.summary
 
     @staticmethod
     def load_pruned_model(model: nn.Module, weight_file: str) -> nn.Module:
@@ -317,9 +288,8 @@ class MCPruning:
         Returns:
             ``model`` (pruned, same object).
         """
-        ckpt = safe_load(weight_file)
-        info = rebuild_pruned(model, ckpt, where=f'weight_file {weight_file}')
-        model.__dict__['_kmc_pruning'] = info
+        structure = rebuild_pruned(model, weight_file)
+        model.__dict__['_pruned_structure'] = structure
         return model
 
     @staticmethod
@@ -335,17 +305,9 @@ class MCPruning:
                 tensors and plain values keep the file loadable with
                 ``weights_only=True``.
         """
-        info = model.__dict__.get('_kmc_pruning')
-        if info is None:
+        structure = model.__dict__.get('_pruned_structure')
+        if structure is None:
             raise RuntimeError('save_pruned_model: model was not rebuilt by '
                                'MCPruning.load_pruned_model')
-        data = {'state_dict': {k: v.detach().cpu()
-                               for k, v in model.state_dict().items()},
-                'kmc_pruning': info}
-        for k, v in (extras or {}).items():
-            if k in data:
-                raise KeyError(f'extras.{k}: reserved key')
-            data[k] = v
-        atomic_write(save_name, lambda p: torch.save(data, p))
-        return save_name
+        return write_pruned_model(save_name, model, structure, extras=extras)
 

@@ -12,19 +12,35 @@ The YAML file has the keys of Knight's ``sparsity_template.yaml``::
     network:
       resnet50_cifar: [layer1.0.conv2.weight, layer1.1.conv2.weight]
 
-``network`` lists the weights to sparsify (empty or absent: every eligible
-layer). Usage mirrors Knight: ``MCSparsity.sparse_model(dict(model_fn=model,
+``network`` is Knight's "配置模型对应的稀疏层" (the layers to sparsify): its
+entries name weights (``<layer>.weight``, or just the layer), and exactly
+the listed layers' own weights get masks (CustomPruner: whole tiles of 32
+input channels x 64 filters of that weight; Pruner2to4: 2 of every 4
+consecutive input-channel weights); no other layer changes. Unlike pruning
+there is no input / output question: no channel is removed. A listed entry
+that is not a conv / linear weight of the traced forward, or that the
+method cannot sparsify (kernel > 8, grouped conv, no full 32x64 tile, shape
+not 2:4-eligible), is a ``SparsityConfigError`` naming the entry and the
+reason, before the model is touched. An empty or absent list (an addition;
+Knight requires one) sparsifies every eligible layer.
+
+Usage mirrors Knight: ``MCSparsity.sparse_model(dict(model_fn=model,
 optimizer=optimizer, config_file='sparsity_config.yaml'))``, then the
 ordinary training loop (each ``optimizer.step()`` keeps the masks applied).
 """
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 import yaml
 from torch import nn
 
+from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.sparsity import SparsityConfigError, build_sparse_scheduler
-from mmrazor_ext.sparsity.sparse_modules import iter_sparse_layers
+from mmrazor_ext.sparsity.base_scheduler import discover_layers
+from mmrazor_ext.sparsity.sparse_modules import SPARSIFIABLE, iter_sparse_layers
+from mmrazor_ext.utils.io import atomic_torch_save
+
+__all__ = ['MCSparsity', 'load_config']
 
 _SECTIONS = {'app_args': dict, 'asp_cfg': dict, 'network': (dict, type(None))}
 _APP_ARGS = {'arch': str, 'dataset': str, 'device': (int, str)}
@@ -41,10 +57,23 @@ def _check(d: dict, schema: dict, where: str) -> None:
                 f'{where}{key}: wrong type {type(value).__name__}')
 
 
-def load_config(config_file: str) -> dict:
-    """Read and validate a Knight sparsity YAML; returns the parsed dict."""
-    with open(config_file) as f:
-        cfg = yaml.safe_load(f) or {}
+def load_config(config_file: str | Mapping) -> dict:
+    """Read and validate a Knight sparsity YAML (or an equivalent dict).
+
+    Returns:
+        The parsed dict.
+
+    Raises:
+        SparsityConfigError: naming the offending field.
+    """
+    if isinstance(config_file, Mapping):
+        cfg = dict(config_file)
+    else:
+        with open(config_file) as f:
+            cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise SparsityConfigError('config_file: the YAML must be a mapping of '
+                                  f'sections {", ".join(_SECTIONS)}')
     _check(cfg, _SECTIONS, '')
     _check(cfg.get('app_args') or {}, _APP_ARGS, 'app_args.')
     asp = cfg.get('asp_cfg') or {}
@@ -57,6 +86,12 @@ def load_config(config_file: str) -> dict:
         raise SparsityConfigError(
             f'network: no entry for app_args.arch {arch!r} '
             f'(has {", ".join(network)})')
+    for key, names in network.items():
+        if names is not None and (not isinstance(names, (list, tuple)) or
+                                  not all(isinstance(n, str) for n in names)):
+            raise SparsityConfigError(
+                f'network.{key}: must be a list of weight names such as '
+                'layer1.0.conv2.weight')
     return cfg
 
 
@@ -64,6 +99,49 @@ def _sparsity_config(method: str, target: float, layers: list) -> dict:
     return dict(scheduler=dict(type='BlockSparseScheduler', kwargs=dict(
         sparsity_method=method, target_sparsity=float(target),
         only_layer=list(layers))))
+
+
+def _listed_layers(model: nn.Module, entries: list, where: str) -> list:
+    """Layer names of the ``network`` entries (``<layer>.weight``)."""
+    modules = dict(model.named_modules())
+    layers = []
+    for entry in entries:
+        name = entry
+        if entry.endswith('.weight'):
+            name = entry[:-len('.weight')]
+        elif entry not in modules and '.' in entry and \
+                entry.rsplit('.', 1)[0] in modules:
+            raise SparsityConfigError(
+                f'{where}: {entry!r}: only weights are sparsified; name '
+                f"the layer's weight ({entry.rsplit('.', 1)[0]}.weight)")
+        if name not in modules:
+            raise SparsityConfigError(f'{where}: {entry!r} is not in the '
+                                      'model')
+        if not isinstance(modules[name], SPARSIFIABLE):
+            raise SparsityConfigError(
+                f'{where}: {entry!r} is a {type(modules[name]).__name__}; '
+                'only conv / linear weights are sparsified')
+        if name in layers:
+            raise SparsityConfigError(f'{where}: {entry!r} is listed twice')
+        layers.append(name)
+    return layers
+
+
+def _check_sparsifiable(model: nn.Module, sched, layers: list,
+                        where: str) -> None:
+    """Every listed layer is called by the forward and suits the method."""
+    called = set(discover_layers(model, sched.leaf_module))
+    for name in layers:
+        if name not in called:
+            raise SparsityConfigError(
+                f'{where}: {name}.weight: the layer is not called by the '
+                "model's traced forward")
+        reason = sched.layer_filter(name, model.get_submodule(name))
+        if reason:
+            raise SparsityConfigError(
+                f'{where}: {name}.weight cannot be sparsified with '
+                f'{sched.cfg["sparsity_method"]}: {reason}; remove it from '
+                'the list')
 
 
 class MCSparsity:
@@ -76,10 +154,15 @@ class MCSparsity:
 
         Args:
             need_args: ``model_fn`` (the model), ``optimizer`` (optional) and
-                ``config_file`` (the YAML above).
+                ``config_file`` (the YAML above, or an equivalent dict).
 
         Returns:
-            The same model, with fake-sparse masks.
+            The same model, with fake-sparse masks on exactly the listed
+            layers (every eligible layer without a list).
+
+        Raises:
+            SparsityConfigError: A bad field, or a ``network`` entry that
+                cannot be sparsified (the message names it and why).
         """
         for key in need_args:
             if key not in ('model_fn', 'optimizer', 'config_file'):
@@ -89,16 +172,15 @@ class MCSparsity:
         asp = cfg['asp_cfg']
         network = cfg.get('network') or {}
         arch = (cfg.get('app_args') or {}).get('arch')
-        weights = network.get(arch) if arch else next(iter(network.values()), None)
-        layers = [w[:-len('.weight')] if w.endswith('.weight') else w
-                  for w in (weights or [])]
-        names = {n for n, _ in model.named_modules()}
-        missing = [n for n in layers if n not in names]
-        if missing:
-            raise SparsityConfigError(f'network.{arch}: not in the model: {missing}')
+        if arch is None and network:
+            arch = next(iter(network))
+        where = f'network.{arch}'
+        layers = _listed_layers(model, list(network.get(arch) or []), where)
         sched = build_sparse_scheduler(_sparsity_config(
             asp.get('sparsity_method', 'CustomPruner'), asp['target_sparsity'],
             layers))
+        if layers:
+            _check_sparsifiable(model, sched, layers, where)
         sched.prepare_sparse_model(model)
         if need_args.get('optimizer') is not None:
             sched.init_optimizer(need_args['optimizer'], drive=False)
@@ -112,6 +194,11 @@ class MCSparsity:
                           extras: Any = None) -> str:
         """Save the weights, masks and the sparsity setting.
 
+        The file is the weights file of the package's one saved format
+        (:mod:`mmrazor_ext.algorithms.pruned_model`): ``state_dict`` and
+        ``meta``, here with the ``mc_sparsity`` entry in place of a pruned
+        structure (sparsity removes no channel); written atomically.
+
         Args:
             model: A model returned by :meth:`sparse_model`.
             save_name: Output path.
@@ -123,6 +210,7 @@ class MCSparsity:
         if sched is None:
             raise RuntimeError('model was not sparsified by MCSparsity.sparse_model')
         ckpt = {'state_dict': model.state_dict(),
+                'meta': {'algorithm': 'MCSparsity'},
                 'mc_sparsity': {
                     'sparsity_method': sched.cfg['sparsity_method'],
                     'target_sparsity': float(sched.cfg['target_sparsity']),
@@ -130,20 +218,22 @@ class MCSparsity:
                     'global_sparsity': sched.global_sparsity()}}
         if extras:
             ckpt.update(extras)
-        torch.save(ckpt, save_name)
+        atomic_torch_save(save_name, ckpt)
         return save_name
 
     @staticmethod
     def load_sparse_model(model: nn.Module, weight_file: str) -> nn.Module:
         """Load a file written by :meth:`save_sparse_model` into ``model`` (a
-        plain model is given the same fake-sparse layers first)."""
-        ckpt = torch.load(weight_file, map_location='cpu', weights_only=True)
+        plain model is given the same fake-sparse layers first; loaded with
+        the safe loader)."""
+        ckpt = safe_load(weight_file)
         info = ckpt['mc_sparsity']
         if not any(True for _ in iter_sparse_layers(model)):
             sched = build_sparse_scheduler(_sparsity_config(
                 info['sparsity_method'], info['target_sparsity'], info['layers']))
             sched.prepare_sparse_model(model, init_masks=False)
-            sched._masks_ready = True  # the masks come from the file
+            # the masks come from the file: no first-update computation
+            sched.load_state_dict(dict(sched.state_dict(), masks_ready=True))
             model.__dict__['_mc_sparsity'] = sched
         model.load_state_dict(ckpt['state_dict'])
         return model

@@ -3,14 +3,20 @@
 mmpretrain's MNIST-family datasets download by default and its error for a
 missing folder suggests ``download=True``; this project has no network at run
 time, so these subclasses check the files first and say how to obtain them.
+They also read the raw files themselves (:mod:`.formats`): IDX headers,
+sizes and image / label counts are checked at load, and CIFAR pickles are
+read without executing code from them.
 """
 import os.path as osp
 
+import numpy as np
 from mmpretrain.datasets import CIFAR10 as _CIFAR10
 from mmpretrain.datasets import FashionMNIST as _FashionMNIST
 from mmpretrain.datasets import ImageNet as _ImageNet
 
 from mmrazor_ext.registry import DATASETS
+
+from .formats import DatasetFormatError, load_cifar_pickle, read_idx
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -43,6 +49,31 @@ class FashionMNIST(_FashionMNIST):
                  'Run `make data` (or python tools/dataset_converters/'
                  'prepare_fashion_mnist.py).')
         super().__init__(data_root=data_root, split=split, **kwargs)
+
+    def load_data_list(self) -> list:
+        """Images and labels of the split from the checked IDX files.
+
+        Raises:
+            DatasetFormatError: A file is truncated / of the wrong kind, the
+                image and label counts differ or a label is out of range;
+                the message names the file(s).
+        """
+        root = self.data_prefix['root']
+        files = self.test_list if self.test_mode else self.train_list
+        img_path, label_path = (osp.join(root, f[0][:-3]) for f in files)
+        imgs = read_idx(img_path, 3)
+        labels = read_idx(label_path, 1)
+        if len(imgs) != len(labels):
+            raise DatasetFormatError(
+                f'{img_path} holds {len(imgs)} images but {label_path} '
+                f'{len(labels)} labels; the two files must match')
+        classes = len(self.metainfo.get('classes') or ()) or 10
+        if len(labels) and int(labels.max()) >= classes:
+            raise DatasetFormatError(
+                f'{label_path}: label {int(labels.max())} outside the '
+                f'{classes} classes')
+        return [{'img': img, 'gt_label': np.array(label, dtype=np.int64)}
+                for img, label in zip(imgs, labels)]
 
 
 @DATASETS.register_module()
@@ -78,6 +109,46 @@ class CIFAR10(_CIFAR10):
                 'checksums (corrupt download?). For a re-packed or '
                 'subsampled copy set dataset.verify_md5=False.')
         return True
+
+    def load_data_list(self) -> list:
+        """Images and labels of the split, unpickled without running code.
+
+        Raises:
+            DatasetFormatError: A batch refers to code (refused), lacks
+                ``data`` / ``labels``, or their sizes disagree; the message
+                names the file.
+        """
+        self._check_integrity()
+        folder = osp.join(self.data_prefix['root'], self.base_folder)
+        files = self.train_list if self.split == 'train' else self.test_list
+        imgs, labels = [], []
+        for name, _ in files:
+            path = osp.join(folder, name)
+            entry = load_cifar_pickle(path)
+            data = entry.get('data')
+            lab = entry.get('labels', entry.get('fine_labels'))
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 \
+                    or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise DatasetFormatError(
+                    f'{path}: "data" must be a uint8 array of shape (N, 3072)'
+                    f', got {getattr(data, "dtype", type(data).__name__)} '
+                    f'{getattr(data, "shape", "")}')
+            if lab is None or len(lab) != len(data):
+                raise DatasetFormatError(
+                    f'{path}: {len(data)} images but '
+                    f'{"no" if lab is None else len(lab)} labels')
+            imgs.append(data)
+            labels.extend(int(v) for v in lab)
+        imgs = np.vstack(imgs).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        if self.CLASSES is None:
+            meta = osp.join(folder, self.meta['filename'])
+            names = load_cifar_pickle(meta).get(self.meta['key'])
+            if not isinstance(names, list):
+                raise DatasetFormatError(
+                    f'{meta}: no {self.meta["key"]!r} list')
+            self._metainfo.setdefault('classes', names)
+        return [{'img': img, 'gt_label': label}
+                for img, label in zip(imgs, labels)]
 
 
 @DATASETS.register_module()

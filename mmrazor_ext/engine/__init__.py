@@ -1,6 +1,20 @@
-from .checkpoint import add_safe_globals, safe_globals, safe_load
+from .checkpoint import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    add_safe_globals,
+    load_model_state,
+    safe_globals,
+    safe_load,
+)
+from .config_checks import ConfigFieldError, check_config
 from .hooks import *  # noqa: F401,F403
-from .runner import Runner
+from .loops.resumable_loop import ResumableEpochBasedTrainLoop
+from .runner import Runner, adapt_to_device, build_runner
 from .schedulers import OneCycleLR
 
-__all__ = ['OneCycleLR', 'Runner', 'add_safe_globals', 'safe_globals', 'safe_load']
+__all__ = [
+    'CheckpointMismatchError', 'ConfigFieldError', 'OneCycleLR',
+    'ResumableEpochBasedTrainLoop', 'Runner', 'UnsafeCheckpointError',
+    'adapt_to_device', 'add_safe_globals', 'build_runner', 'check_config',
+    'load_model_state', 'safe_globals', 'safe_load'
+]

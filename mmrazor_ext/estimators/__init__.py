@@ -1,4 +1,5 @@
-"""FLOPs / params from the shared FX graph and CPU latency measurement."""
+"""MACs ("FLOPs") / params from the shared FX graph and CPU latency
+measurement."""
 from .complexity import (
                          count_params,
                          get_model_complexity,

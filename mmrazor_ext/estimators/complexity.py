@@ -1,4 +1,5 @@
-"""FLOPs (multiply-accumulates) and parameter counting on the FX graph.
+"""MACs (multiply-accumulates, "FLOPs") and parameter counting on the FX
+graph.
 
 The graph comes from :func:`mmrazor_ext.graph.trace_model`, the same tracer
 the channel analysis uses, so a layer counted here is a layer the pruner
@@ -17,62 +18,40 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from mmrazor_ext.graph import trace_model
+from mmrazor_ext.graph import OpTable, find_layer_kind, trace_model
 
 __all__ = ['get_model_complexity', 'register_module_flops',
            'register_function_flops', 'count_params']
 
-_MODULE_FLOPS: dict[type, Callable] = {}
-_FUNCTION_FLOPS: dict[Any, Callable] = {}
+#: MACs counters of modules that are no layer kind (attention ...); layer
+#: kinds carry their own formula (:class:`~mmrazor_ext.graph.LayerKind`)
+_MODULE_MACS = OpTable()
+_FUNCTION_MACS = OpTable()
 
 
 def register_module_flops(*classes: type):
-    """Register ``fn(module, args, kwargs, output) -> int`` for classes."""
-    def deco(fn):
-        for cls in classes:
-            _MODULE_FLOPS[cls] = fn
-        return fn
-    return deco
+    """Register ``fn(module, args, kwargs, output) -> int`` (MACs) for
+    classes; it takes precedence over a layer kind's ``macs``."""
+    return _MODULE_MACS.register(*classes)
 
 
 def register_function_flops(*targets: Any):
-    """Register ``fn(args, kwargs, output) -> int`` for function targets or
-    tensor-method names (strings)."""
-    def deco(fn):
-        for t in targets:
-            _FUNCTION_FLOPS[t] = fn
-        return fn
-    return deco
+    """Register ``fn(args, kwargs, output) -> int`` (MACs) for function
+    targets or tensor-method names (strings)."""
+    return _FUNCTION_MACS.register(*targets)
 
 
 def _numel(x) -> int:
     return x.numel() if isinstance(x, torch.Tensor) else 0
 
 
-@register_module_flops(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv_flops(m, args, kwargs, out):
-    return _numel(out) * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-
-
-@register_module_flops(nn.ConvTranspose1d, nn.ConvTranspose2d,
-                       nn.ConvTranspose3d)
-def _deconv_flops(m, args, kwargs, out):
-    return (_numel(args[0]) * (m.out_channels // m.groups)
-            * math.prod(m.kernel_size))
-
-
-@register_module_flops(nn.Linear)
-def _linear_flops(m, args, kwargs, out):
-    return _numel(out) * m.in_features
-
-
 @register_module_flops(nn.Bilinear)
-def _bilinear_flops(m, args, kwargs, out):
+def _bilinear_macs(m, args, kwargs, out):
     return _numel(out) * m.in1_features * m.in2_features
 
 
 @register_module_flops(nn.MultiheadAttention)
-def _mha_flops(m, args, kwargs, out):
+def _mha_macs(m, args, kwargs, out):
     q = args[0]
     k = args[1] if len(args) > 1 else kwargs.get('key', q)
     e = m.embed_dim
@@ -88,20 +67,7 @@ def _mha_flops(m, args, kwargs, out):
     return proj + attn + n * lq * e * e  # + output projection
 
 
-def _affine_norm_flops(m, args, kwargs, out):
-    # One multiply-add per element for the affine scale/shift of a folded
-    # (inference) normalisation; BN folds into the conv at deploy time.
-    return _numel(out) if getattr(m, 'affine', True) and \
-        getattr(m, 'elementwise_affine', True) else 0
-
-
-register_module_flops(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-                      nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
-                      nn.InstanceNorm1d, nn.InstanceNorm2d,
-                      nn.InstanceNorm3d)(_affine_norm_flops)
-
-
-def _matmul_flops(args, kwargs, out):
+def _matmul_macs(args, kwargs, out):
     a, b = args[0], args[1]
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return 0
@@ -110,30 +76,30 @@ def _matmul_flops(args, kwargs, out):
 
 
 register_function_flops(torch.matmul, operator.matmul, torch.bmm, torch.mm,
-                        'matmul', 'bmm', 'mm', '__matmul__')(_matmul_flops)
+                        'matmul', 'bmm', 'mm', '__matmul__')(_matmul_macs)
 
 
 @register_function_flops(F.linear)
-def _f_linear_flops(args, kwargs, out):
+def _f_linear_macs(args, kwargs, out):
     w = args[1] if len(args) > 1 else kwargs['weight']
     return _numel(out) * w.shape[-1]
 
 
 @register_function_flops(F.conv1d, F.conv2d, F.conv3d)
-def _f_conv_flops(args, kwargs, out):
+def _f_conv_macs(args, kwargs, out):
     w = args[1] if len(args) > 1 else kwargs['weight']
     return _numel(out) * math.prod(w.shape[1:])
 
 
 @register_function_flops(F.scaled_dot_product_attention)
-def _sdpa_flops(args, kwargs, out):
+def _sdpa_macs(args, kwargs, out):
     q, k = args[0], args[1]
     return 2 * q.shape[-2] * k.shape[-2] * q.shape[-1] * math.prod(
         q.shape[:-2])
 
 
 @register_function_flops(torch.einsum)
-def _einsum_flops(args, kwargs, out):
+def _einsum_macs(args, kwargs, out):
     """Two-operand einsum: one MAC per point of the joint index space."""
     eq, ops = args[0], args[1:]
     if len(ops) == 1 and isinstance(ops[0], (tuple, list)):
@@ -148,7 +114,7 @@ def _einsum_flops(args, kwargs, out):
     return math.prod(sizes.values())
 
 
-def _swin_attention_flops(args, kwargs, out):
+def _swin_attention_macs(args, kwargs, out):
     """torchvision's wrapped ``shifted_window_attention``: qkv and output
     projections plus window attention (padding included)."""
     x, qkv_w, proj_w, _, window = args[:5]
@@ -164,16 +130,17 @@ def _swin_attention_flops(args, kwargs, out):
 try:
     from torchvision.models import swin_transformer as _swin
     register_function_flops(_swin.shifted_window_attention)(
-        _swin_attention_flops)
+        _swin_attention_macs)
 except ImportError:  # pragma: no cover - torchvision is a dependency
     pass
 
 
-def _lookup_module_rule(m: nn.Module):
-    for cls in type(m).__mro__:
-        if cls in _MODULE_FLOPS:
-            return _MODULE_FLOPS[cls]
-    return None
+def _module_macs_rule(m: nn.Module) -> Callable | None:
+    rule = _MODULE_MACS.lookup_module(m)
+    if rule is None:
+        kind = find_layer_kind(m)
+        rule = kind.macs if kind is not None else None
+    return rule
 
 
 def count_params(module: nn.Module, recurse: bool = True) -> int:
@@ -186,34 +153,35 @@ def count_params(module: nn.Module, recurse: bool = True) -> int:
     return total
 
 
-class _FlopsInterpreter(fx.Interpreter):
+class _MacsInterpreter(fx.Interpreter):
     """Runs the graph on real tensors and accumulates MACs per node."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.layers: dict[str, dict[str, Any]] = {}
-        self.total = 0
+        self.total_macs = 0
 
     def call_module(self, target, args, kwargs):
         out = super().call_module(target, args, kwargs)
         m = self.fetch_attr(target)
-        rule = _lookup_module_rule(m)
-        flops = int(rule(m, args, kwargs, out)) if rule else 0
-        self.total += flops
+        rule = _module_macs_rule(m)
+        macs = int(rule(m, args, kwargs, out)) if rule else 0
+        self.total_macs += macs
+        # per-layer entries keep the historical key 'flops' (= MACs)
         entry = self.layers.setdefault(
             target, {'flops': 0, 'params': count_params(m),
                      'type': type(m).__name__})
-        entry['flops'] += flops  # a module called twice counts twice
+        entry['flops'] += macs  # a module called twice counts twice
         return out
 
     def _count_function(self, key, name, args, kwargs, out):
-        rule = _FUNCTION_FLOPS.get(key)
+        rule = _FUNCTION_MACS.get(key)
         if rule is None:
             return
-        flops = int(rule(args, kwargs, out))
-        if flops:
-            self.total += flops
-            self.layers[name] = {'flops': flops, 'params': 0,
+        macs = int(rule(args, kwargs, out))
+        if macs:
+            self.total_macs += macs
+            self.layers[name] = {'flops': macs, 'params': 0,
                                  'type': getattr(key, '__name__', str(key))}
 
     def run_node(self, n: fx.Node):
@@ -231,23 +199,29 @@ def get_model_complexity(model: nn.Module,
                          ) -> dict[str, Any]:
     """Count MACs and parameters of ``model`` on ``example_inputs``.
 
-    FLOPs are multiply-accumulates of convolutions (groups included),
-    linear layers, matmul / bmm / attention and the affine part of
-    normalisation layers; activations and pooling count zero. The model is
-    run once in eval mode under ``torch.no_grad`` (its mode is restored).
+    MACs (multiply-accumulates, historically called FLOPs here) of
+    convolutions (groups included), linear layers, matmul / bmm / attention
+    and the affine part of normalisation layers (each layer kind's ``macs``,
+    see :class:`~mmrazor_ext.graph.LayerKind`); activations and pooling
+    count zero. The model is run once in eval mode under ``torch.no_grad``
+    (its mode is restored).
 
     Args:
         model: Model to measure (an mmengine model is measured on its tensor
             path: backbone -> neck -> head).
         example_inputs: One tensor or a tuple of positional input tensors.
         per_layer: Also return ``'layers'``: ``{qualified module name:
-            {'flops', 'params', 'type'}}`` for every leaf module called
-            (function ops with FLOPs, e.g. matmul, appear under their node
-            name).
+            {'flops' (MACs), 'params', 'type'}}`` for every leaf module
+            called (function ops with MACs, e.g. matmul, appear under their
+            node name).
         leaf_modules: Extra leaf modules for the tracer.
 
     Returns:
-        ``{'flops': int, 'params': int}`` (+ ``'layers'`` if requested).
+        ``{'macs': int, 'flops': int, 'params': int}`` with ``flops`` equal
+        to ``macs`` (+ ``'layers'`` if requested).
+
+    Raises:
+        ValueError: The model has no parameters and no MACs (empty).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -255,13 +229,18 @@ def get_model_complexity(model: nn.Module,
     was_training = model.training
     model.eval()
     try:
-        interp = _FlopsInterpreter(gm)
+        interp = _MacsInterpreter(gm)
         with torch.no_grad():
             interp.run(*example_inputs)
     finally:
         model.train(was_training)
-    result: dict[str, Any] = {'flops': int(interp.total),
-                              'params': count_params(model)}
+    macs, params = int(interp.total_macs), count_params(model)
+    if macs == 0 and params == 0:
+        raise ValueError(
+            f'get_model_complexity: model {type(model).__name__} is empty: '
+            'no parameters and no operation with MACs, nothing to measure')
+    # 'flops' is the historical name of the same MACs count
+    result: dict[str, Any] = {'macs': macs, 'flops': macs, 'params': params}
     if per_layer:
         result['layers'] = interp.layers
     return result

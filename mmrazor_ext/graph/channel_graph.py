@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import layer_kinds, module_rules  # noqa: F401  (register rules)
 from .patterns import conv_bn_pairs
 from .rules import FUNCTION_RULES, lookup_module_rule, opaque
 from .slots import FIXED, NONE, SlotUnion, compress, full_like_shape
@@ -84,8 +85,8 @@ class LayerRecord:
 
     Attributes:
         name: Qualified name in the model.
-        kind: Export / masking kind (``conv``, ``linear``, ``bn`` ...,
-            ``param``).
+        kind: Name of its layer kind (``conv``, ``linear``, ``bn`` ...,
+            see :mod:`.layer_kinds`) or ``param`` for a free tensor.
         in_slots: Slot id per input channel (or ``None``).
         out_slots: Slot id per output channel (per element for ``param``).
         producer: Whether the layer creates new channels (conv, linear).

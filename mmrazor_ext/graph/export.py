@@ -1,19 +1,23 @@
-"""Physical export: slice weights of a deep copy, then verify equivalence."""
+"""Physical export: slice weights of a deep copy, then verify equivalence.
+
+How each layer is sliced is its layer kind's ``export`` (:mod:`.layer_kinds`);
+free tensors (layer scale, positional embeddings) are sliced here.
+"""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from .channel_graph import ChannelGraph, run_tensor_forward
+from .layer_kinds import get_layer_kind, register_layer_kind, slice_attr
 from .masking import remove_masks
 
 __all__ = ['ExportError', 'export_pruned', 'check_equivalence',
            'register_exporter', 'fuse_conv_bn']
-
-EXPORTERS: dict[str, Callable] = {}
 
 
 class ExportError(RuntimeError):
@@ -21,120 +25,13 @@ class ExportError(RuntimeError):
 
 
 def register_exporter(kind: str):
-    """Register ``fn(module, in_keep, out_keep)`` slicing a layer kind."""
+    """Replace the slicer ``fn(module, in_idx, out_idx)`` of a registered
+    layer kind (a new kind is described whole by
+    :func:`~.layer_kinds.register_layer_kind`)."""
     def deco(fn):
-        EXPORTERS[kind] = fn
+        register_layer_kind(replace(get_layer_kind(kind), export=fn))
         return fn
     return deco
-
-
-def _param(t: torch.Tensor, like: nn.Parameter | None,
-           copy_data: bool = False) -> nn.Parameter:
-    t = t.detach().clone() if copy_data else t.detach()
-    return nn.Parameter(t,
-                        requires_grad=like.requires_grad if like is not None
-                        else True)
-
-
-def _slice_attr(m: nn.Module, name: str, dim: int, idx: torch.Tensor):
-    t = getattr(m, name, None)
-    if t is None:
-        return
-    new = t.detach().index_select(dim, idx.to(t.device))  # a new tensor
-    if isinstance(t, nn.Parameter):
-        setattr(m, name, _param(new, t))
-    else:
-        m._buffers[name] = new
-
-
-@register_exporter('conv')
-def _export_conv(m: nn.Module, in_idx, out_idx):
-    g = m.groups
-    if g > 1:
-        # whole groups are kept (in and out tied per group)
-        kept = (out_idx.numel() if out_idx is not None
-                else m.out_channels) // (m.out_channels // g)
-        if out_idx is not None:
-            _slice_attr(m, 'weight', 0, out_idx)
-            _slice_attr(m, 'bias', 0, out_idx)
-        m.in_channels = (m.in_channels // g) * kept
-        m.out_channels = (m.out_channels // g) * kept
-        m.groups = kept
-        return
-    if out_idx is not None:
-        _slice_attr(m, 'weight', 0, out_idx)
-        _slice_attr(m, 'bias', 0, out_idx)
-        m.out_channels = out_idx.numel()
-    if in_idx is not None:
-        _slice_attr(m, 'weight', 1, in_idx)
-        m.in_channels = in_idx.numel()
-
-
-@register_exporter('conv_transpose')
-def _export_conv_transpose(m, in_idx, out_idx):
-    if out_idx is not None:
-        _slice_attr(m, 'weight', 1, out_idx)
-        _slice_attr(m, 'bias', 0, out_idx)
-        m.out_channels = out_idx.numel()
-    if in_idx is not None:
-        _slice_attr(m, 'weight', 0, in_idx)
-        m.in_channels = in_idx.numel()
-
-
-@register_exporter('linear')
-def _export_linear(m, in_idx, out_idx):
-    if out_idx is not None:
-        _slice_attr(m, 'weight', 0, out_idx)
-        _slice_attr(m, 'bias', 0, out_idx)
-        m.out_features = out_idx.numel()
-    if in_idx is not None:
-        _slice_attr(m, 'weight', 1, in_idx)
-        m.in_features = in_idx.numel()
-
-
-@register_exporter('embedding')
-def _export_embedding(m, in_idx, out_idx):
-    if out_idx is not None:
-        _slice_attr(m, 'weight', 1, out_idx)
-        m.embedding_dim = out_idx.numel()
-
-
-@register_exporter('bn')
-@register_exporter('in')
-def _export_bn(m, in_idx, out_idx):
-    if out_idx is None:
-        return
-    for name in ('weight', 'bias', 'running_mean', 'running_var'):
-        _slice_attr(m, name, 0, out_idx)
-    m.num_features = out_idx.numel()
-
-
-@register_exporter('gn')
-def _export_gn(m, in_idx, out_idx):
-    if out_idx is None:
-        return
-    per = m.num_channels // m.num_groups
-    _slice_attr(m, 'weight', 0, out_idx)
-    _slice_attr(m, 'bias', 0, out_idx)
-    m.num_channels = out_idx.numel()
-    m.num_groups = m.num_channels // per
-
-
-@register_exporter('ln')
-def _export_ln(m, in_idx, out_idx):
-    if out_idx is None:
-        return
-    _slice_attr(m, 'weight', 0, out_idx)
-    _slice_attr(m, 'bias', 0, out_idx)
-    m.normalized_shape = (out_idx.numel(),)
-
-
-@register_exporter('prelu')
-def _export_prelu(m, in_idx, out_idx):
-    if out_idx is None:
-        return
-    _slice_attr(m, 'weight', 0, out_idx)
-    m.num_parameters = out_idx.numel()
 
 
 def _export_param(model: nn.Module, name: str, keep: torch.Tensor):
@@ -155,7 +52,7 @@ def _export_param(model: nn.Module, name: str, keep: torch.Tensor):
         if other != d:
             line = line.narrow(other, 0, 1)
     idx = line.reshape(-1).nonzero().reshape(-1)
-    _slice_attr(m, attr, d, idx)
+    slice_attr(m, attr, d, idx)
 
 
 def clone_module(model: nn.Module, clone_tensors: bool = True
@@ -235,7 +132,8 @@ def export_pruned(model: nn.Module, graph: ChannelGraph,
         in_idx, out_idx = idx(keep_in), idx(keep_out)
         if in_idx is None and out_idx is None:
             continue
-        EXPORTERS[rec.kind](new.get_submodule(name), in_idx, out_idx)
+        get_layer_kind(rec.kind).export(new.get_submodule(name), in_idx,
+                                        out_idx)
     _unshare(new, model)
     return new
 
@@ -251,8 +149,9 @@ def _unshare(new: nn.Module, original: nn.Module) -> None:
                 if t is None or id(t) not in old:
                     continue
                 if id(t) not in memo:  # tied tensors stay tied
-                    memo[id(t)] = _param(t, t, copy_data=True) if isinstance(
-                        t, nn.Parameter) else t.detach().clone()
+                    memo[id(t)] = nn.Parameter(
+                        t.detach().clone(), requires_grad=t.requires_grad
+                    ) if isinstance(t, nn.Parameter) else t.detach().clone()
                 store[k] = memo[id(t)]
 
 

@@ -3,23 +3,21 @@
 Producers' outputs are multiplied by their keep mask and every channel-mixing
 consumer (conv / linear input, layer norm) sees zeros in dropped channels,
 so the masked model computes exactly what the physically sliced model does.
+The channel axes and the LayerNorm-style exception come from the layer kind
+table (:mod:`.layer_kinds`).
 Masks live in non-persistent buffers (they follow ``.to(device)`` and never
 enter checkpoints); parameters and BN statistics are not modified.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .channel_graph import ChannelGraph
+from .layer_kinds import get_layer_kind
 
 _TAG = '_mmrazor_ext_mask_hook'
 _IN, _OUT, _IDX = '_chmask_in', '_chmask_out', '_chmask_idx'
-# dim of the channel axis of a layer's input / output by kind
-_CHANNEL_DIM = {'conv': 1, 'conv_transpose': 1, 'linear': -1,
-                'embedding': -1, 'bn': 1, 'gn': 1, 'in': 1, 'prelu': 1,
-                'ln': -1}
 
 
 def _shaped(mask: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -50,20 +48,16 @@ class _OutHook:
         return out * _shaped(getattr(mod, _OUT), out, self.dim)
 
 
-class _LayerNormHook:
-    """Normalise over kept channels only, as the sliced LayerNorm does."""
+class _KeptOutputHook:
+    """The kind's own masked output from the kept channel indices (e.g.
+    LayerNorm normalises over kept channels only, as the sliced one does)."""
 
-    def __init__(self):
+    def __init__(self, fn):
+        self.fn = fn
         setattr(self, _TAG, True)
 
     def __call__(self, mod, args, out):
-        x = args[0]
-        keep = getattr(mod, _IDX)
-        w = mod.weight[keep] if mod.weight is not None else None
-        b = mod.bias[keep] if mod.bias is not None else None
-        y = F.layer_norm(x.index_select(-1, keep), (keep.numel(),), w, b,
-                         mod.eps)
-        return out.new_zeros(out.shape).index_copy(-1, keep, y)
+        return self.fn(mod, args[0], out, getattr(mod, _IDX))
 
 
 def remove_masks(model: nn.Module) -> None:
@@ -96,28 +90,28 @@ def apply_masks(model: nn.Module, graph: ChannelGraph,
         if rec.kind == 'param':
             continue  # free tensors feed masked consumers; nothing to do
         m = model.get_submodule(name)
-        dim = _CHANNEL_DIM.get(rec.kind, 1)
+        kind = get_layer_kind(rec.kind)
         keep_in = graph.layer_keep(rec, gmask, 'in')
         keep_out = graph.layer_keep(rec, gmask, 'out')
         ref = next(iter(m.parameters()), None)
         device = ref.device if ref is not None else None
         hooked = False
-        if rec.kind == 'ln':
+        if kind.masked_output is not None:
             if keep_out is not None and not bool(keep_out.all()):
                 m.register_buffer(_IDX, keep_out.nonzero().reshape(-1).to(
                     device), persistent=False)
-                m.register_forward_hook(_LayerNormHook())
+                m.register_forward_hook(_KeptOutputHook(kind.masked_output))
                 hooked = True
         else:
             if keep_in is not None and not bool(keep_in.all()):
                 m.register_buffer(_IN, keep_in.float().to(device),
                                   persistent=False)
-                m.register_forward_pre_hook(_InHook(dim))
+                m.register_forward_pre_hook(_InHook(kind.in_dim))
                 hooked = True
             if keep_out is not None and not bool(keep_out.all()):
                 m.register_buffer(_OUT, keep_out.float().to(device),
                                   persistent=False)
-                m.register_forward_hook(_OutHook(dim))
+                m.register_forward_hook(_OutHook(kind.out_dim))
                 hooked = True
         count += hooked
     return count

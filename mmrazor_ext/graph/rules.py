@@ -7,9 +7,14 @@ the real values of the traced call, ``sargs`` the slot tensors of its inputs
 Rules union slots that must be pruned together, fix slots that may not be
 pruned and record prunable layers with ``ctx.add_member``.
 
-Register a rule for a new op with :func:`register_module_rule` (module
-classes, looked up along the MRO) or :func:`register_function_rule`
-(function objects or tensor-method names such as ``'view'``).
+This module holds the function / tensor-method rules; layers with
+per-channel weights are layer kinds (:mod:`.layer_kinds`, which registers
+their module rules) and the remaining module rules are in
+:mod:`.module_rules`. Register a rule for a new op with
+:func:`register_module_rule` (module classes, looked up along the MRO) or
+:func:`register_function_rule` (function objects or tensor-method names such
+as ``'view'``); describe a new prunable layer with
+:func:`~.layer_kinds.register_layer_kind`.
 
 Invariant every rule keeps: an op that mixes values across channel
 positions either is a layer whose masked-mode input is zeroed (conv, linear,
@@ -19,68 +24,50 @@ channels never leak into kept ones and export is exact.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .slots import FIXED, NONE, channel_slots, compress, full_like_shape, varying_dims
+from .op_table import OpTable
+from .slots import (
+    FIXED,
+    NONE,
+    compress,
+    compress_all,
+    expand_slots,
+    fixed_like,
+    flat_slots,
+    full_like_shape,
+    varying_dims,
+)
 
-MODULE_RULES: dict[type, Callable] = {}
-FUNCTION_RULES: dict[Any, Callable] = {}
+#: module class -> rule (layer kinds register theirs from :mod:`.layer_kinds`)
+MODULE_RULES = OpTable()
+#: function object or tensor-method name -> rule
+FUNCTION_RULES = OpTable()
 
 
 def register_module_rule(*classes: type):
     """Decorator registering a channel rule for module classes."""
-    def deco(fn):
-        for cls in classes:
-            MODULE_RULES[cls] = fn
-        return fn
-    return deco
+    return MODULE_RULES.register(*classes)
 
 
 def register_function_rule(*targets: Any):
     """Decorator registering a channel rule for functions / method names."""
-    def deco(fn):
-        for t in targets:
-            FUNCTION_RULES[t] = fn
-        return fn
-    return deco
+    return FUNCTION_RULES.register(*targets)
 
 
 def lookup_module_rule(m: nn.Module):
-    for cls in type(m).__mro__:
-        if cls in MODULE_RULES:
-            return MODULE_RULES[cls]
-    return None
+    """The rule of ``m``'s nearest class (MRO order) or ``None``."""
+    return MODULE_RULES.lookup_module(m)
 
 
 def _tensors(sargs, args):
     """(slot, real) pairs of every tensor among positional args."""
     return [(s, a) for s, a in zip(sargs, args)
             if isinstance(a, torch.Tensor) and isinstance(s, torch.Tensor)]
-
-
-def _fixed_like(out):
-    if isinstance(out, torch.Tensor):
-        return full_like_shape(out.ndim, FIXED)
-    if isinstance(out, (tuple, list)):
-        return type(out)(_fixed_like(o) for o in out) \
-            if not hasattr(out, '_fields') else tuple(_fixed_like(o) for o in out)
-    return None
-
-
-def _flat_slots(x):
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (tuple, list)):
-        for y in x:
-            yield from _flat_slots(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _flat_slots(y)
 
 
 # --------------------------------------------------------------------------
@@ -92,7 +79,7 @@ def elementwise(ctx, args, kwargs, sargs, skwargs, out):
     pairs = _tensors(list(sargs) + list(skwargs.values()),
                      list(args) + list(kwargs.values()))
     if not pairs or not isinstance(out, torch.Tensor):
-        return _fixed_like(out)
+        return fixed_like(out)
     res = None
     for s, _ in pairs:
         s = s if s.ndim == out.ndim else s.reshape(
@@ -110,18 +97,18 @@ def unary(ctx, args, kwargs, sargs, skwargs, out):
     """Pass-through of the first tensor argument (activations, casts)."""
     s = sargs[0]
     if not isinstance(s, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return _fixed_like(out)
+        return fixed_like(out)
     if s.ndim != out.ndim:
-        return _fixed_like(out)
+        return fixed_like(out)
     return s
 
 
 def opaque(ctx, args, kwargs, sargs, skwargs, out):
     """An op that mixes channels in a way no rule describes: fix every
     input channel and treat the output as unprunable."""
-    for s in _flat_slots((sargs, skwargs)):
+    for s in flat_slots((sargs, skwargs)):
         ctx.union.fix(s)
-    return _fixed_like(out)
+    return fixed_like(out)
 
 
 def creation(ctx, args, kwargs, sargs, skwargs, out):
@@ -132,39 +119,19 @@ def creation(ctx, args, kwargs, sargs, skwargs, out):
         if out.ndim == 0 or all(d == 1 for d in out.shape[1:]):
             return full_like_shape(out.ndim, NONE)
         return full_like_shape(out.ndim, FIXED)
-    return _fixed_like(out)
-
-
-def _expand(s, real):
-    if isinstance(real, torch.Tensor):
-        if not isinstance(s, torch.Tensor):
-            s = full_like_shape(real.ndim, FIXED)
-        if s.ndim != real.ndim:
-            s = s.reshape((1,) * (real.ndim - s.ndim) + tuple(s.shape))
-        return s.expand(real.shape).contiguous()
-    if isinstance(real, (tuple, list)) and isinstance(s, (tuple, list)):
-        return type(real)(_expand(a, b) for a, b in zip(s, real))
-    return real
-
-
-def _compress_all(x):
-    if isinstance(x, torch.Tensor):
-        return compress(x)
-    if isinstance(x, (tuple, list)):
-        return tuple(_compress_all(y) for y in x)
-    return None
+    return fixed_like(out)
 
 
 def index_apply(ctx, args, kwargs, sargs, skwargs, out):
     """Run the same shape op on the slot tensors (view, permute, cat ...)."""
-    eargs = [_expand(s, a) for s, a in zip(sargs, args)]
-    ekwargs = {k: _expand(skwargs.get(k), v) for k, v in kwargs.items()}
+    eargs = [expand_slots(s, a) for s, a in zip(sargs, args)]
+    ekwargs = {k: expand_slots(skwargs.get(k), v) for k, v in kwargs.items()}
     target = ctx.node.target
     if ctx.node.op == 'call_method':
         res = getattr(eargs[0], target)(*eargs[1:], **ekwargs)
     else:
         res = target(*eargs, **ekwargs)
-    return _compress_all(res)
+    return compress_all(res)
 
 
 def _dim_arg(args, kwargs, pos, name='dim', default=None):
@@ -242,7 +209,7 @@ def dim_order_rule(ctx, args, kwargs, sargs, skwargs, out):
     """permute / transpose / unsqueeze: same op on the compressed slots."""
     s = sargs[0]
     if not isinstance(s, torch.Tensor):
-        return _fixed_like(out)
+        return fixed_like(out)
     target = ctx.node.target
     if ctx.node.op == 'call_method':
         res = getattr(s, target)(*args[1:], **kwargs)
@@ -355,7 +322,7 @@ def getitem_rule(ctx, args, kwargs, sargs, skwargs, out):
     if not isinstance(args[0], torch.Tensor):
         if isinstance(s, (tuple, list)):
             return s[idx]
-        return _fixed_like(out)
+        return fixed_like(out)
     if not isinstance(out, torch.Tensor):
         return None
     s = compress(ctx.union.canon(s))
@@ -429,7 +396,7 @@ def positional_rule(ctx, args, kwargs, sargs, skwargs, out):
     dims = [d % x.ndim for d in dims]
     if any(s.shape[d] > 1 for d in dims):
         ctx.union.fix(s)
-        return _fixed_like(out)
+        return fixed_like(out)
     if target is F.pad or target in (torch.roll, 'roll'):
         return s  # constant along the touched dims: broadcast still valid
     return index_apply(ctx, args, kwargs, (s,) + tuple(sargs[1:]), skwargs,
@@ -488,7 +455,7 @@ def spatial_rule(ctx, args, kwargs, sargs, skwargs, out):
     s = compress(ctx.union.canon(sargs[0]))
     if any(d >= 2 for d in varying_dims(s)):
         ctx.union.fix(s)
-        return _fixed_like(out)
+        return fixed_like(out)
     if isinstance(out, tuple):
         return tuple(s for _ in out)
     return s
@@ -527,203 +494,9 @@ def matmul_rule(ctx, args, kwargs, sargs, skwargs, out):
     if rows_vary and cols_vary:
         ctx.union.fix(sa)
         ctx.union.fix(sb)
-        return _fixed_like(out)
+        return fixed_like(out)
     try:
         res = elementwise(ctx, (a, b), {}, (sa, sb), {}, out)
     except RuntimeError:  # batch dims that do not broadcast
         return opaque(ctx, args, kwargs, sargs, skwargs, out)
     return res
-
-
-# --------------------------------------------------------------------------
-# module rules
-# --------------------------------------------------------------------------
-@register_module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Convolution: output channels are new slots; a grouped / depthwise
-    conv ties each group's input and output channels into one unit (whole
-    groups are pruned, so ``groups`` shrinks and group widths stay)."""
-    in_slots = channel_slots(ctx.union, sargs[0], 1, m.in_channels)
-    g = m.groups
-    if g == m.in_channels == m.out_channels and g > 1:
-        # depthwise: output channel i is input channel i
-        ctx.add_member('conv', in_slots=in_slots, out_slots=in_slots.clone(),
-                       producer=True)
-        return in_slots.reshape((1, -1) + (1,) * (out.ndim - 2))
-    out_slots = ctx.union.new(m.out_channels)
-    if g > 1:
-        ig, og = m.in_channels // g, m.out_channels // g
-        heads = out_slots[::og]  # one representative slot per group
-        ctx.union.union_tensors(in_slots, heads.repeat_interleave(ig))
-        ctx.union.union_tensors(out_slots, heads.repeat_interleave(og))
-    ctx.add_member('conv', in_slots=in_slots, out_slots=out_slots,
-                   producer=True)
-    return out_slots.reshape((1, -1) + (1,) * (out.ndim - 2))
-
-
-@register_module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d,
-                      nn.ConvTranspose3d)
-def conv_transpose_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Transposed convolution (ungrouped only; grouped ones are fixed)."""
-    if m.groups > 1:
-        return opaque(ctx, args, kwargs, sargs, skwargs, out)
-    in_slots = channel_slots(ctx.union, sargs[0], 1, m.in_channels)
-    out_slots = ctx.union.new(m.out_channels)
-    ctx.add_member('conv_transpose', in_slots=in_slots, out_slots=out_slots,
-                   producer=True)
-    return out_slots.reshape((1, -1) + (1,) * (out.ndim - 2))
-
-
-@register_module_rule(nn.Linear)
-def linear_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Linear on the last dim (after flatten the input slots repeat each
-    channel over its spatial block, so pruning a channel drops its block)."""
-    in_slots = channel_slots(ctx.union, sargs[0], -1, m.in_features)
-    out_slots = ctx.union.new(m.out_features)
-    ctx.add_member('linear', in_slots=in_slots, out_slots=out_slots,
-                   producer=True)
-    return out_slots.reshape((1,) * (out.ndim - 1) + (-1,))
-
-
-@register_module_rule(nn.Embedding)
-def embedding_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    out_slots = ctx.union.new(m.embedding_dim)
-    ctx.add_member('embedding', out_slots=out_slots, producer=True)
-    return out_slots.reshape((1,) * (out.ndim - 1) + (-1,))
-
-
-def _channelwise_member(kind):
-    def rule(ctx, m, args, kwargs, sargs, skwargs, out):
-        n = out.shape[1] if out.ndim > 1 else out.shape[0]
-        dim = 1 if out.ndim > 1 else 0
-        slots = channel_slots(ctx.union, sargs[0], dim, n)
-        ctx.add_member(kind, out_slots=slots)
-        return slots.reshape((1, -1) + (1,) * (out.ndim - 2)) \
-            if out.ndim > 1 else slots
-    return rule
-
-
-register_module_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-                     nn.SyncBatchNorm)(_channelwise_member('bn'))
-register_module_rule(nn.InstanceNorm1d, nn.InstanceNorm2d,
-                     nn.InstanceNorm3d)(_channelwise_member('in'))
-
-
-@register_module_rule(nn.GroupNorm)
-def group_norm_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """GroupNorm: statistics are per group, so whole groups are pruned
-    (channels of a group tied; ``num_groups`` shrinks)."""
-    slots = channel_slots(ctx.union, sargs[0], 1, m.num_channels)
-    per = m.num_channels // m.num_groups
-    ctx.union.union_tensors(slots, slots[::per].repeat_interleave(per))
-    ctx.add_member('gn', out_slots=slots)
-    return slots.reshape((1, -1) + (1,) * (out.ndim - 2))
-
-
-@register_module_rule(nn.LayerNorm)
-def layer_norm_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """LayerNorm over the last dim: prunable, the masked model normalises
-    over kept channels only; over several dims it mixes them (fixed)."""
-    s = compress(ctx.union.canon(sargs[0]))
-    if len(m.normalized_shape) != 1:
-        ctx.union.fix(s)
-        return _fixed_like(out)
-    slots = channel_slots(ctx.union, s, -1, m.normalized_shape[0])
-    ctx.add_member('ln', out_slots=slots)
-    return slots.reshape((1,) * (out.ndim - 1) + (-1,))
-
-
-@register_module_rule(nn.PReLU)
-def prelu_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    if m.num_parameters == 1:
-        return sargs[0]
-    return _channelwise_member('prelu')(ctx, m, args, kwargs, sargs,
-                                        skwargs, out)
-
-
-_PASS = [nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU,
-         nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.Mish,
-         nn.Hardtanh, nn.Softplus, nn.CELU, nn.Identity, nn.Dropout,
-         nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-         nn.Tanhshrink, nn.Softsign, nn.LogSigmoid, nn.Threshold]
-
-
-@register_module_rule(*_PASS)
-def pass_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Activations / dropout / identity: element-wise pass-through."""
-    return sargs[0] if isinstance(sargs[0], torch.Tensor) else \
-        _fixed_like(out)
-
-
-_SPATIAL_MODULES = [nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-                    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                    nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-                    nn.Upsample, nn.UpsamplingNearest2d,
-                    nn.UpsamplingBilinear2d, nn.ZeroPad2d,
-                    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-                    nn.ReflectionPad1d, nn.ReflectionPad2d,
-                    nn.ReplicationPad1d, nn.ReplicationPad2d]
-
-
-@register_module_rule(*_SPATIAL_MODULES)
-def spatial_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Pooling / upsampling / spatial padding: per-channel pass-through."""
-    return spatial_rule(ctx, args, kwargs, sargs, skwargs, out)
-
-
-@register_module_rule(nn.Flatten)
-def flatten_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    s = _expand(sargs[0], args[0])
-    return compress(torch.flatten(s, m.start_dim, m.end_dim))
-
-
-@register_module_rule(nn.Unflatten)
-def unflatten_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    s = compress(torch.unflatten(_expand(sargs[0], args[0]), m.dim,
-                                 m.unflattened_size))
-    var = varying_dims(s)
-    dim = m.dim % args[0].ndim
-    const = [d for d in var if dim <= d < dim + len(m.unflattened_size)]
-    if const:
-        ctx.union.fix(s)
-    return compress(ctx.union.canon(s))
-
-
-@register_module_rule(nn.Softmax, nn.LogSoftmax)
-def softmax_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    return softmax_rule(ctx, (args[0], m.dim), {}, sargs, {}, out)
-
-
-@register_module_rule(nn.MultiheadAttention, nn.LocalResponseNorm,
-                      nn.CrossMapLRN2d, nn.PixelShuffle, nn.PixelUnshuffle,
-                      nn.Bilinear, nn.ChannelShuffle)
-def opaque_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Layers whose channel mixing is not modelled: channels fixed."""
-    return opaque(ctx, args, kwargs, sargs, skwargs, out)
-
-
-def _register_torchvision() -> None:
-    """Rules for functions torchvision marks with ``torch.fx.wrap``."""
-    try:
-        from torchvision.models import swin_transformer as swin
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return
-    register_function_rule(stochastic_depth)(unary)
-    # window attention (qkv / projection weights passed in): opaque
-    register_function_rule(swin.shifted_window_attention,
-                           swin._get_relative_position_bias)(opaque)
-
-    def patch_merging_pad(ctx, args, kwargs, sargs, skwargs, out):
-        # pads H and W of a (..., H, W, C) tensor
-        s = compress(ctx.union.canon(sargs[0]))
-        if any(s.shape[d] > 1 for d in (-3, -2)):
-            ctx.union.fix(s)
-            return _fixed_like(out)
-        return s
-    register_function_rule(swin._patch_merging_pad)(patch_merging_pad)
-
-
-_register_torchvision()

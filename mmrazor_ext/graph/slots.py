@@ -119,3 +119,50 @@ def channel_slots(union: SlotUnion, s: torch.Tensor, dim: int,
     out = s.reshape(-1) if s.shape[dim] > 1 else s.reshape(-1).expand(size)
     # a channel input with no slot information is treated as fixed
     return torch.where(out >= 0, out, torch.full_like(out, FIXED)).clone()
+
+
+# -- slot structures (the slots of a tuple / list output mirror its shape) --
+def fixed_like(out):
+    """Slots of ``out`` with every channel fixed (same nesting as ``out``)."""
+    if isinstance(out, torch.Tensor):
+        return full_like_shape(out.ndim, FIXED)
+    if isinstance(out, (tuple, list)):
+        # named tuples (e.g. torch.return_types) become plain tuples
+        return type(out)(fixed_like(o) for o in out) \
+            if not hasattr(out, '_fields') else tuple(fixed_like(o)
+                                                      for o in out)
+    return None
+
+
+def flat_slots(x):
+    """Every slot tensor inside a nested tuple / list / dict."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for y in x:
+            yield from flat_slots(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from flat_slots(y)
+
+
+def expand_slots(s, real):
+    """Slots ``s`` broadcast to the full shape of the real value ``real``."""
+    if isinstance(real, torch.Tensor):
+        if not isinstance(s, torch.Tensor):
+            s = full_like_shape(real.ndim, FIXED)
+        if s.ndim != real.ndim:
+            s = s.reshape((1,) * (real.ndim - s.ndim) + tuple(s.shape))
+        return s.expand(real.shape).contiguous()
+    if isinstance(real, (tuple, list)) and isinstance(s, (tuple, list)):
+        return type(real)(expand_slots(a, b) for a, b in zip(s, real))
+    return real
+
+
+def compress_all(x):
+    """:func:`compress` every slot tensor of a nested tuple / list."""
+    if isinstance(x, torch.Tensor):
+        return compress(x)
+    if isinstance(x, (tuple, list)):
+        return tuple(compress_all(y) for y in x)
+    return None

@@ -14,6 +14,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .layer_kinds import is_layer_kind_class
+
 __all__ = ['TraceError', 'trace_model', 'default_concrete_args']
 
 
@@ -22,7 +24,8 @@ class TraceError(RuntimeError):
 
 
 class _LeafTracer(fx.Tracer):
-    """FX tracer whose leaf set is torch's default plus user entries.
+    """FX tracer whose leaf set is torch's default, the classes that have a
+    layer kind (:mod:`.layer_kinds`) and user entries.
 
     Args:
         leaf_classes: Module classes traced as opaque calls.
@@ -39,6 +42,8 @@ class _LeafTracer(fx.Tracer):
         if self.leaf_classes and isinstance(m, self.leaf_classes):
             return True
         if module_qualified_name in self.leaf_names:
+            return True
+        if is_layer_kind_class(type(m)):  # described as a whole
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

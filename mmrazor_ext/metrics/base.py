@@ -6,7 +6,10 @@ metric, ``@METRICS.register_module('name')``) whose instances are called as
 score per unit of each ChannelSpace (higher = more important). ``graph`` is
 a :class:`mmrazor_ext.graph.ChannelGraph`; ``contents`` maps layer names to
 weights or collected features (``None``: the metric reads weights itself).
-Most metrics compute a per-channel score for some layers and hand it to
+Data-driven metrics read ``contents`` through
+:meth:`ChannelMetric.prepare_contents`, which also turns raw feature maps
+into the statistic the metric ``needs`` (see :mod:`.feature_stats`). Most
+metrics compute a per-channel score for some layers and hand it to
 :func:`scatter_to_spaces`, which aggregates over every layer of a space.
 """
 from __future__ import annotations
@@ -16,19 +19,68 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmrazor_ext.graph import get_layer_kind
+
+from .feature_stats import statistic_contents
+
 __all__ = ['ChannelMetric', 'scatter_to_spaces', 'producer_weights']
 
 
 class ChannelMetric:
     """Base class of channel-importance metrics."""
 
-    #: whether ``contents`` must hold collected features (not weights)
+    #: What ``contents`` must hold, served by
+    #: :func:`~mmrazor_ext.metrics.collect_contents`: ``'weights'`` (nothing
+    #: to collect, the metric reads the model), a
+    #: :class:`~mmrazor_ext.metrics.FeatureCollector` statistic (``'pooled'``,
+    #: ``'zeros'``, ``'rank'``), ``'gradients'`` or ``'fm_gram'``.
+    needs: str = 'weights'
+    #: derived from :attr:`needs` (kept for older callers)
     requires_features: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.requires_features = cls.needs != 'weights'
 
     def __call__(self, graph, model: nn.Module,
                  contents: dict[str, Any] | None = None
                  ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    @classmethod
+    def registered_name(cls) -> str:
+        """The name in ``METRICS`` (the class name if unregistered)."""
+        from mmrazor_ext.registry import METRICS
+        return next((k for k, v in METRICS.module_dict.items() if v is cls),
+                    cls.__name__)
+
+    @classmethod
+    def check_contents(cls, graph, contents: dict[str, Any]
+                       ) -> dict[str, Any]:
+        """``contents``, after checking that it names layers of ``graph``."""
+        unknown = set(contents) - set(graph.layers)
+        if unknown:
+            raise KeyError(f'{cls.registered_name()}: unknown layers in '
+                           f'contents: {sorted(unknown)}')
+        return contents
+
+    def prepare_contents(self, graph, model: nn.Module,
+                         contents: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``contents`` as the statistic :attr:`needs` names, per layer.
+
+        Each entry may be the collector's statistic or raw activations of
+        the layer (e.g. ``(N, C, H, W)`` feature maps, ``(N, C)`` or
+        ``(N, L, C)`` tokens), which are reduced as the collector reduces
+        them; ``contents['labels']`` (optional) gives the samples' classes.
+        See :func:`~mmrazor_ext.metrics.feature_stats.statistic_contents`.
+
+        Raises:
+            KeyError: A key is not a layer of ``graph``.
+            ValueError: A tensor fits none of the shapes its layer accepts
+                (the message names the layer and those shapes).
+        """
+        return statistic_contents(self.needs, graph, model, contents,
+                                  self.registered_name())
 
 
 def producer_weights(graph, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -36,18 +88,15 @@ def producer_weights(graph, model: nn.Module) -> dict[str, torch.Tensor]:
 
     Returns:
         ``{layer name: weight}`` for conv / linear layers that create a
-        space's channels (transposed-conv weights are transposed).
+        space's channels, in their layer kind's ``filters`` view (e.g.
+        transposed-conv weights are transposed).
     """
     res = {}
     for name, rec in graph.layers.items():
         if not rec.producer:
             continue
-        w = model.get_submodule(name).weight.detach()
-        if rec.kind == 'conv_transpose':
-            w = w.transpose(0, 1)
-        elif rec.kind == 'embedding':
-            w = w.t()
-        res[name] = w
+        kind = get_layer_kind(rec.kind)
+        res[name] = kind.filters(model.get_submodule(name)).detach()
     return res
 
 

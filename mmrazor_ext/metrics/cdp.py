@@ -59,10 +59,14 @@ class CDPMetric(ChannelMetric):
             members: ``'max'`` (divide by the largest |score|) or ``'none'``.
 
     ``contents``: ``{producer layer: (documents, channels) tensor}``, e.g.
-    :meth:`FeatureCollector.documents` with ``stats=('pooled',)``.
+    :meth:`FeatureCollector.documents` with ``stats=('pooled',)``, or the
+    layer's raw post-activation features (``(N, C, H, W)`` maps, ``(N, C)``
+    / ``(N, L, C)`` tokens), average-pooled into one document per sample,
+    or per class with ``contents['labels']`` (``(N,)`` class ids), exactly
+    as the collector's ``by='sample'`` / ``by='class'`` documents.
     """
 
-    requires_features = True
+    needs = 'pooled'
 
     def __init__(self, coe: float = 0.0, member_norm: str = 'max'):
         if member_norm not in ('max', 'none'):
@@ -77,13 +81,12 @@ class CDPMetric(ChannelMetric):
         if not contents:
             raise ValueError(
                 'cdp needs collected features: contents={layer: (documents, '
-                'channels)} from FeatureCollector(stats=("pooled",))')
-        unknown = set(contents) - set(graph.layers)
-        if unknown:
-            raise KeyError(f'cdp: unknown layers in contents: {sorted(unknown)}')
+                'channels)} from FeatureCollector(stats=("pooled",)) or '
+                '{layer: (N, C, H, W) feature maps}')
         scores = {}
-        for layer, docs in contents.items():
-            s = cdp_scores(torch.as_tensor(docs), self.coe)
+        for layer, docs in self.prepare_contents(graph, model,
+                                                 contents).items():
+            s = cdp_scores(docs, self.coe)
             if self.member_norm == 'max':
                 s = s / s.abs().max().clamp(min=_EPS)
             scores[layer] = s

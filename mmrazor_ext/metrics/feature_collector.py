@@ -11,13 +11,28 @@ CDP documents.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ['FeatureCollector', 'feature_points']
+from mmrazor_ext.registry import METRICS
+
+from .feature_stats import (
+    class_documents,
+    class_sums,
+    feature_layout,
+    pooled_rows,
+    rank_sums,
+    zero_counts,
+)
+from .fm_reconstruction import FMReconstructionCollector
+from .taylor import TaylorAccumulator
+
+__all__ = ['FeatureCollector', 'collect_contents', 'collector_options',
+           'feature_points']
 
 _PASS_MODULES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
                  nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU,
@@ -117,6 +132,10 @@ class FeatureCollector:
         self.by = by
         self.num_classes = num_classes
         self.points = feature_points(graph, layers)
+        # channel axis of each feature (1: maps, -1: linear tokens)
+        self._channel_dim = {
+            name: feature_layout(graph, graph.gm, name).channel_dim
+            if name in graph.layers else 1 for name in self.points}
         self._gm = self._instrument(graph.gm, list(self.points.values()))
         self.num_samples = 0
         self._pooled_sum: dict[str, torch.Tensor] = {}
@@ -166,28 +185,30 @@ class FeatureCollector:
 
     def _accumulate(self, layer: str, feat: torch.Tensor,
                     labels: torch.Tensor | None) -> None:
+        # The statistic functions are shared with prepare_contents, so raw
+        # maps in a metric's contents give exactly these statistics.
+        if self._channel_dim[layer] != 1:
+            feat = feat.movedim(self._channel_dim[layer], 1)
         b, c = feat.shape[:2]
         flat = feat.reshape(b, c, -1)
         if 'pooled' in self.stats:
-            pooled = flat.mean(-1)                       # (B, C)
+            pooled = pooled_rows(flat)                   # (B, C)
             if self.by == 'sample':
                 self._pooled_rows.setdefault(layer, []).append(pooled.cpu())
             else:
-                acc = self._pooled_sum.setdefault(
-                    layer, torch.zeros(self.num_classes, c))
-                acc.index_add_(0, labels.cpu().long(), pooled.cpu())
+                sums, _ = class_sums(pooled, labels, self.num_classes)
+                self._pooled_sum[layer] = self._pooled_sum.get(layer, 0) + sums
         if 'zeros' in self.stats:
             z = self._zeros.setdefault(layer, torch.zeros(c))
-            z += (flat == 0).sum(dim=(0, 2)).cpu().float()
+            z += zero_counts(flat).cpu()
             self._elements[layer] = self._elements.get(layer, 0) + \
                 b * flat.shape[-1]
         if 'rank' in self.stats:
             if feat.dim() != 4:
                 raise ValueError(f'rank statistics need 4-D feature maps; '
                                  f'{layer} gives {tuple(feat.shape)}')
-            r = torch.linalg.matrix_rank(feat).float().sum(0)  # (C,)
             self._rank_sum[layer] = self._rank_sum.get(
-                layer, torch.zeros(c)) + r.cpu()
+                layer, torch.zeros(c)) + rank_sums(feat).cpu()
 
     def documents(self) -> dict[str, torch.Tensor]:
         """``{layer: (documents, channels)}`` average-pooled activations.
@@ -198,8 +219,7 @@ class FeatureCollector:
             raise RuntimeError('documents() needs stats to include "pooled"')
         if self.by == 'sample':
             return {k: torch.cat(v) for k, v in self._pooled_rows.items()}
-        seen = self._class_count > 0
-        return {k: v[seen] / self._class_count[seen, None]
+        return {k: class_documents(v, self._class_count)
                 for k, v in self._pooled_sum.items()}
 
     def zero_fraction(self) -> dict[str, torch.Tensor]:
@@ -210,3 +230,67 @@ class FeatureCollector:
         """``{layer: (channels,)}`` mean rank of each channel's feature map."""
         return {k: v / max(self.num_samples, 1)
                 for k, v in self._rank_sum.items()}
+
+
+# Metric-config keys that configure the collector of a ``needs``, not the
+# metric itself.
+_COLLECTOR_OPTIONS = {'fm_gram': ('n_points_per_fm',)}
+
+
+def collector_options(metric_cfg: dict) -> tuple[dict, dict]:
+    """Split a metric config into the metric's and its collector's part.
+
+    Args:
+        metric_cfg: ``dict(type=name, **kwargs)`` of a registered metric.
+
+    Returns:
+        ``(metric config, collector options)``.
+    """
+    needs = getattr(METRICS.get(metric_cfg['type']), 'needs', 'weights')
+    keys = _COLLECTOR_OPTIONS.get(needs, ())
+    return ({k: v for k, v in metric_cfg.items() if k not in keys},
+            {k: v for k, v in metric_cfg.items() if k in keys})
+
+
+def collect_contents(needs: str, graph, model: nn.Module, batches: Iterable,
+                     to_tensors: Callable[[Any], tuple],
+                     loss_fn: Callable[[Any], torch.Tensor] | None = None,
+                     forward: Callable | None = None, by: str = 'class',
+                     num_classes: int | None = None, **options
+                     ) -> dict[str, Any] | None:
+    """The ``contents`` a metric declares in its ``needs``.
+
+    Args:
+        needs: ``ChannelMetric.needs`` of the metric.
+        graph: The channel graph of ``model``.
+        model: The model whose features / gradients are read.
+        batches: Data batches; only iterated when something is collected.
+        to_tensors: ``batch -> (inputs, labels)``.
+        loss_fn: ``batch -> loss`` (``'gradients'``).
+        forward: ``forward(model, inputs)`` (``'fm_gram'``; default
+            ``model(inputs)``).
+        by: CDP documents, ``'class'`` or ``'sample'`` (``'pooled'``).
+        num_classes: Classes for ``by='class'``.
+        **options: Collector options (:func:`collector_options`).
+
+    Returns:
+        The contents for the metric, or None for ``'weights'`` (the metric
+        reads the model).
+    """
+    if needs == 'weights':
+        return None
+    if needs in STATS:
+        col = FeatureCollector(graph, stats=(needs,), by=by,
+                               num_classes=num_classes)
+        for batch in batches:
+            col.update(*to_tensors(batch))
+        return {'pooled': col.documents, 'zeros': col.zero_fraction,
+                'rank': col.mean_rank}[needs]()
+    if needs == 'gradients':
+        if loss_fn is None:
+            raise ValueError('collect_contents: "gradients" needs loss_fn')
+        return TaylorAccumulator(graph, model).run(batches, loss_fn)
+    if needs == 'fm_gram':
+        return FMReconstructionCollector(graph, model, **options).collect(
+            [to_tensors(b)[0] for b in batches], forward=forward)
+    raise ValueError(f'collect_contents: nothing serves needs={needs!r}')

@@ -5,15 +5,18 @@ set T of input channels of a consumer changes its output by the sum of
 their contributions, so ThiNet greedily removes the channel that keeps
 ``|| sum_{j in T} y_j ||^2`` smallest over sampled output points. That only
 needs the Gram matrix ``G_ij = sum_points <y_i, y_j>`` of per-input-channel
-contributions, which is accumulated batch by batch (running statistic) at
-``n_points_per_fm`` random positions per feature map. The removal order is
-the score (removed last = most important); a space sums its consumers'.
-AMC's least-squares weight update for the kept channels is
-:func:`least_squares_weights`.
+contributions (:func:`contribution_gram`), which is accumulated batch by
+batch (running statistic) at ``n_points_per_fm`` random positions per
+feature map. The removal order is the score (removed last = most
+important); a space sums its consumers'. AMC's least-squares weight update
+for the kept channels is :func:`least_squares_weights` (and
+:func:`reconstruct_weights` for a whole consumer); it needs the sampled
+input patches themselves, which :class:`FMReconstructionCollector` keeps
+when asked (``keep_points=True``).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -23,25 +26,33 @@ from torch import nn
 from mmrazor_ext.registry import METRICS
 
 from .base import ChannelMetric, scatter_to_spaces
+from .feature_stats import FeatureLayout, register_feature_rule
 
 __all__ = ['FMReconstructionCollector', 'FMReconstructionMetric',
-           'greedy_removal_order', 'least_squares_weights']
+           'contribution_gram', 'fm_consumers', 'gram_from_inputs',
+           'greedy_removal_order',
+           'input_patches', 'layer_weight3', 'least_squares_weights',
+           'reconstruct_weights']
 
 
-def _consumers(graph, model) -> list[str]:
-    """Dense conv / linear layers whose input channels are prunable."""
+def fm_consumers(graph, model: nn.Module) -> list[str]:
+    """Dense conv / linear layers whose input channels are prunable.
+
+    Grouped / depthwise layers are left out: their input channels are tied
+    to their output channels, so there is nothing to reconstruct.
+    """
     res = []
     for name, rec in graph.layers.items():
         if rec.kind not in ('conv', 'linear') or \
                 not graph.channel_map(name, 'in'):
             continue
         if getattr(model.get_submodule(name), 'groups', 1) != 1:
-            continue  # grouped/depthwise inputs are tied to their outputs
+            continue
         res.append(name)
     return res
 
 
-def _patches(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def input_patches(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, C_in, K, L) input patches of ``mod`` (K kernel taps, L places)."""
     if isinstance(mod, nn.Linear):
         x = x.reshape(-1, x.shape[-1])
@@ -52,8 +63,41 @@ def _patches(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.reshape(b, x.shape[1], -1, n)
 
 
+def layer_weight3(mod: nn.Module) -> torch.Tensor:
+    """Weight of a dense conv / linear layer as (O, C, K), float."""
+    w = mod.weight.detach()
+    return w.reshape(w.shape[0], w.shape[1], -1).float()
+
+
+def contribution_gram(x: torch.Tensor, w: torch.Tensor,
+                      chunk: int = 256) -> torch.Tensor:
+    """Gram matrix of the per-input-channel output contributions.
+
+    Args:
+        x: (P, C, K) sampled input patches.
+        w: (O, C, K) weights of the consumer.
+        chunk: Points processed at once (bounds the (chunk, O, C) buffer).
+
+    Returns:
+        (C, C) float64 ``G_cd = sum_p <y_pc, y_pd>`` with ``y_pc`` the
+        output of channel ``c`` alone at point ``p``, on the CPU.
+    """
+    g = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    w = w.to(x.device, torch.float32)
+    for s in range(0, x.shape[0], chunk):
+        y = torch.einsum('pck,ock->poc', x[s:s + chunk].float(), w)
+        # float32 products, float64 running sum: long runs stay accurate
+        g += torch.einsum('poc,pod->cd', y, y).double().cpu()
+    return g
+
+
 class FMReconstructionCollector:
-    """Accumulates contribution Gram matrices of consumer layers.
+    """Samples consumer input patches and accumulates their Gram matrices.
+
+    One forward pre-hook per consumer draws ``n_points_per_fm`` random
+    positions per sample and feature map, adds the points' contribution
+    Gram matrix to ``gram`` and, with ``keep_points``, keeps the points
+    (CPU) for AMC's least-squares reconstruction.
 
     Args:
         graph: The channel graph.
@@ -61,50 +105,151 @@ class FMReconstructionCollector:
         n_points_per_fm: Sampled output positions per feature map.
         seed: Seed of the position sampling.
         chunk: Points processed at once (bounds memory).
+        layers: Consumers to hook (default :func:`fm_consumers`).
+        max_points: Cap of points per consumer: an int, a function
+            ``max_points(layer name) -> int`` or None (no cap). Points
+            beyond the cap are dropped (the Gram matrix only has the kept
+            ones).
+        keep_points: Keep the sampled patches (:meth:`features`).
     """
 
     def __init__(self, graph, model: nn.Module, n_points_per_fm: int = 10,
-                 seed: int = 0, chunk: int = 256):
+                 seed: int = 0, chunk: int = 256,
+                 layers: Iterable[str] | None = None,
+                 max_points: int | Callable[[str], int] | None = None,
+                 keep_points: bool = False):
         self.model = model
-        self.layers = _consumers(graph, model)
+        self.layers = fm_consumers(graph, model) if layers is None \
+            else list(layers)
         self.n_points = int(n_points_per_fm)
         self.chunk = int(chunk)
         self.gen = torch.Generator().manual_seed(seed)
+        if max_points is None or callable(max_points):
+            self.max_points = max_points
+        else:
+            cap = int(max_points)
+            self.max_points = lambda name: cap
+        self.keep_points = bool(keep_points)
         self.gram: dict[str, torch.Tensor] = {}
         self.points: dict[str, int] = {}
+        self._kept: dict[str, list[torch.Tensor]] = {}
+
+    def _room(self, name: str) -> int | None:
+        if self.max_points is None:
+            return None
+        return self.max_points(name) - self.points.get(name, 0)
 
     def _hook(self, name):
+        @torch.no_grad()
         def fn(mod, args):
-            x = args[0].detach().float()
-            cols = _patches(mod, x)                      # (B, C, K, L)
+            room = self._room(name)
+            if room is not None and room <= 0:
+                return
+            cols = input_patches(mod, args[0].detach().float())  # (B,C,K,L)
             b, c, k, n = cols.shape
             idx = torch.randint(0, n, (b, min(self.n_points, n)),
-                                generator=self.gen)
-            pts = torch.stack([cols[i][:, :, idx[i]] for i in range(b)])
-            pts = pts.permute(0, 3, 1, 2).reshape(-1, c, k)   # (P, C, K)
-            w = mod.weight.detach().float().reshape(mod.weight.shape[0], c, k)
-            g = self.gram.setdefault(name, torch.zeros(c, c))
-            for s in range(0, pts.shape[0], self.chunk):
-                y = torch.einsum('pck,ock->poc', pts[s:s + self.chunk], w)
-                g += torch.einsum('poc,pod->cd', y, y).cpu()
+                                generator=self.gen).to(cols.device)
+            rows = torch.arange(b, device=cols.device)[:, None]
+            pts = cols[rows, :, :, idx].reshape(-1, c, k)        # (P, C, K)
+            if room is not None:
+                pts = pts[:room]
+            g = contribution_gram(pts, layer_weight3(mod), self.chunk)
+            if name in self.gram:
+                self.gram[name] += g
+            else:
+                self.gram[name] = g
             self.points[name] = self.points.get(name, 0) + pts.shape[0]
+            if self.keep_points:
+                self._kept.setdefault(name, []).append(pts.cpu())
         return fn
 
-    @torch.no_grad()
-    def collect(self, batches: Iterable, forward=None) -> dict[str, torch.Tensor]:
-        """Run ``batches`` (input tensors) through the model in eval mode."""
+    def run(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """Call ``fn(model)`` with the hooks installed; returns its result.
+
+        The model's mode is left to ``fn`` (e.g. a validation function).
+        """
         handles = [self.model.get_submodule(n).register_forward_pre_hook(
             self._hook(n)) for n in self.layers]
-        training = self.model.training
-        self.model.eval()
         try:
-            for x in batches:
-                forward(self.model, x) if forward else self.model(x)
+            return fn(self.model)
         finally:
-            self.model.train(training)
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def collect(self, batches: Iterable, forward=None
+                ) -> dict[str, torch.Tensor]:
+        """Run ``batches`` (input tensors) through the model in eval mode.
+
+        Returns:
+            ``{consumer: (C, C) float64 Gram matrix}`` (also ``self.gram``).
+        """
+        def run(model):
+            training = model.training
+            model.eval()
+            try:
+                for x in batches:
+                    forward(model, x) if forward else model(x)
+            finally:
+                model.train(training)
+        self.run(run)
         return self.gram
+
+    def features(self) -> dict[str, torch.Tensor]:
+        """``{consumer: (P, C, K) sampled input patches}`` (``keep_points``)."""
+        if not self.keep_points:
+            raise RuntimeError('FMReconstructionCollector: features() needs '
+                               'keep_points=True')
+        return {n: torch.cat(p) for n, p in self._kept.items() if p}
+
+
+_DENSE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _accepted_gram(layout: FeatureLayout) -> str:
+    c = layout.channels
+    return (f'({c}, {c}) Gram matrix from FMReconstructionCollector, or '
+            f'{layout.describe()} input feature maps of the consumer')
+
+
+@register_feature_rule('fm_gram', _accepted_gram, role='in')
+def gram_from_inputs(value: torch.Tensor, layout: FeatureLayout,
+                     labels: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+    """A consumer's contents entry as its contribution Gram matrix.
+
+    A ``(C, C)`` symmetric matrix is taken as the Gram matrix itself. Raw
+    input maps of the consumer (``(N, C, H, W)`` for a conv, ``(N, C)`` /
+    ``(N, L, C)`` for a linear layer) give the Gram matrix over every
+    output position (:func:`contribution_gram` of all input patches with
+    the layer's current weight), not a random sample of them.
+
+    Args:
+        value: The contents entry.
+        layout: Input layout of the consumer (``module`` set).
+        labels: Unused.
+
+    Returns:
+        ``(C, C)`` Gram matrix, or None when ``value`` fits no shape.
+
+    Raises:
+        ValueError: Raw maps for a layer that is not a dense conv / linear.
+    """
+    c = layout.channels
+    if value.ndim == 2 and tuple(value.shape) == (c, c) and (
+            layout.channel_dim == 1 or torch.allclose(value, value.t())):
+        return value
+    if not layout.fits(value):
+        return None
+    mod = layout.module
+    if not isinstance(mod, _DENSE_TYPES) or getattr(mod, 'groups', 1) != 1:
+        raise ValueError(
+            'input feature maps give a Gram matrix only for a dense conv / '
+            f'linear consumer, not {type(mod).__name__}; pass its (C, C) '
+            'Gram matrix from FMReconstructionCollector instead')
+    cols = input_patches(mod, value.float())              # (B, C, K, L)
+    pts = cols.permute(0, 3, 1, 2).reshape(-1, c, cols.shape[2])
+    return contribution_gram(pts, layer_weight3(mod))
 
 
 def greedy_removal_order(gram: torch.Tensor) -> torch.Tensor:
@@ -141,16 +286,41 @@ def least_squares_weights(x: torch.Tensor, y: torch.Tensor,
     return sol.t().reshape(y.shape[1], int(keep.sum()), -1).float()
 
 
+def reconstruct_weights(x: torch.Tensor, w: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:
+    """A consumer's weights refit to its original outputs on kept inputs.
+
+    Args:
+        x: (P, C, K) input patches sampled on the original model.
+        w: (O, C, K) original weights.
+        keep: (C,) bool mask of kept input channels.
+
+    Returns:
+        (O, C, K) weights: least squares on the kept channels (columns of
+        pruned channels keep their old values; they are masked anyway);
+        ``w`` itself when every channel is kept.
+    """
+    if bool(keep.all()):
+        return w
+    w = w.float().cpu()
+    y = torch.einsum('pck,ock->po', x, w)
+    new = w.clone()
+    new[:, keep] = least_squares_weights(x, y, keep).to(new)
+    return new
+
+
 @METRICS.register_module('fm_reconstruction')
 class FMReconstructionMetric(ChannelMetric):
     """Score of a unit from ThiNet's greedy removal order at each consumer.
 
     ``contents``: ``{consumer layer: (C_in, C_in) Gram matrix}`` from
-    :class:`FMReconstructionCollector`. Scores are ranks scaled to [0, 1]
+    :class:`FMReconstructionCollector`, or the consumer's raw input feature
+    maps (:func:`gram_from_inputs`; keyed by the consumer, not the
+    producer). Scores are ranks scaled to [0, 1]
     (1 = removed last), summed over a space's consumers.
     """
 
-    requires_features = True
+    needs = 'fm_gram'
 
     def __call__(self, graph, model: nn.Module,
                  contents: dict[str, Any] | None = None
@@ -158,14 +328,12 @@ class FMReconstructionMetric(ChannelMetric):
         if not contents:
             raise ValueError('fm_reconstruction needs contents={consumer '
                              'layer: Gram matrix} from '
-                             'FMReconstructionCollector(...).collect(batches)')
-        unknown = set(contents) - set(graph.layers)
-        if unknown:
-            raise KeyError(f'fm_reconstruction: unknown layers in contents: '
-                           f'{sorted(unknown)}')
+                             'FMReconstructionCollector(...).collect(batches) '
+                             'or {consumer layer: its input feature maps}')
         scores = {}
-        for layer, gram in contents.items():
-            order = greedy_removal_order(torch.as_tensor(gram))
+        for layer, gram in self.prepare_contents(graph, model,
+                                                 contents).items():
+            order = greedy_removal_order(gram)
             rank = torch.empty(len(order))
             rank[order] = torch.arange(len(order), dtype=torch.float32)
             scores[layer] = rank / max(len(order) - 1, 1)

@@ -67,7 +67,7 @@ class TaylorMetric(ChannelMetric):
     stored in the model (one batch).
     """
 
-    requires_features = True
+    needs = 'gradients'
 
     def __call__(self, graph, model: nn.Module,
                  contents: dict[str, Any] | None = None
@@ -80,11 +80,8 @@ class TaylorMetric(ChannelMetric):
                                  'backward pass or pass TaylorAccumulator '
                                  'scores as contents')
             contents = acc.scores()
-        unknown = set(contents) - set(graph.layers)
-        if unknown:
-            raise KeyError(f'taylor: unknown layers in contents: '
-                           f'{sorted(unknown)}')
-        scores = {k: torch.as_tensor(v).float() for k, v in contents.items()}
+        scores = {k: torch.as_tensor(v).float()
+                  for k, v in self.check_contents(graph, contents).items()}
         for k, s in scores.items():
             scores[k] = s / s.max().clamp(min=1e-12)
         return scatter_to_spaces(graph, scores, role='out', reduce='sum')

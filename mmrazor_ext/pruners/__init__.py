@@ -1,4 +1,14 @@
-"""Channel pruners (seed API), ratio sampling and FLOPs-target search."""
+"""Channel pruners (seed API), prune-ratio sampling, MACs-target search,
+MACs / params estimates, saved subnets and reconstruction after pruning."""
 from .channel_pruner import ChannelPruner, load_subnet
+from .cost import SubnetCost
+from .reconstruction import METHODS as RECONSTRUCTION_METHODS
+from .reconstruction import reconstruct
+from .refit import LeastSquaresStats, solve_consumer
+from .sampling import SubnetSampler, check_prune_ratio
+from .subnet_io import SubnetFileError
 
-__all__ = ['ChannelPruner', 'load_subnet']
+__all__ = ['ChannelPruner', 'LeastSquaresStats', 'RECONSTRUCTION_METHODS',
+           'SubnetCost', 'SubnetFileError', 'SubnetSampler',
+           'check_prune_ratio', 'load_subnet', 'reconstruct',
+           'solve_consumer']

@@ -1,12 +1,15 @@
 """ChannelPruner: the seed API on top of the channel graph.
 
-``ratio`` always means the fraction of units **removed** from a space.
+The class is a facade over one module per concept: :mod:`.sampling`
+(scores and prune ratios -> keep masks, MACs-target search), :mod:`.cost`
+(MACs / parameters of a subnet without exporting), :mod:`.subnet_io`
+(the saved subnet file) and :mod:`.reconstruction` (refitting after
+pruning). Naming: ``ratio`` in the seed API is a **prune
+ratio** (fraction of a space's units removed); a keep ratio is ``1 -`` it;
+``flops`` means MACs (multiply-accumulates).
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +20,7 @@ from torch import nn
 
 from mmrazor_ext.estimators import get_model_complexity
 from mmrazor_ext.graph import (
+    LAYER_KINDS,
     ChannelGraph,
     ExportError,
     apply_masks,
@@ -26,19 +30,13 @@ from mmrazor_ext.graph import (
     remove_masks,
 )
 from mmrazor_ext.registry import METRICS, PRUNERS
-from mmrazor_ext.utils.io import atomic_write
+
+from . import subnet_io
+from .cost import SubnetCost
+from .reconstruction import reconstruct
+from .sampling import SubnetSampler
 
 __all__ = ['ChannelPruner', 'load_subnet']
-
-_FORMAT = 'mmrazor_ext.subnet'
-
-
-def _check_ratio(r: Any, what: str = 'ratio') -> float:
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or \
-            not 0 <= float(r) < 1 or math.isnan(float(r)):
-        raise ValueError(f'{what} must be in [0, 1) (fraction of channels '
-                         f'removed), got {r!r}')
-    return float(r)
 
 
 @PRUNERS.register_module()
@@ -75,6 +73,9 @@ class ChannelPruner:
             raise ValueError('ChannelPruner needs example_inputs')
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
+        if next(iter(model.parameters()), None) is None:
+            raise ValueError(f'ChannelPruner: model {type(model).__name__} '
+                             'is empty: it has no parameters to prune')
         self.model = model
         self.example_inputs = tuple(example_inputs)
         self.ignore_layers = tuple(ignore_layers)
@@ -89,15 +90,17 @@ class ChannelPruner:
                                   leaf_modules=self.leaf_modules,
                                   trace_train=trace_train)
         self.build_time = time.perf_counter() - t0
+        if all(rec.kind == 'param' for rec in self.graph.layers.values()):
+            raise ValueError(
+                f'ChannelPruner: model {type(model).__name__} has no '
+                f'prunable layers (none of the layer kinds '
+                f'{sorted(LAYER_KINDS)} was called on the example inputs)')
         self.subnet: dict[str, torch.Tensor] | None = None
         self.last_export_report: dict | None = None
         self.last_flops_report: dict | None = None
-        self._layer_flops: dict[str, int] | None = None
-        self._layer_params: dict[str, tuple] | None = None
-        self._fixed_flops = 0
-        self._total_flops = 0
+        self._cost: SubnetCost | None = None  # built on first use
 
-    # -- spaces / metrics ---------------------------------------------------------
+    # -- spaces / metrics ---------------------------------------------------
     @property
     def channel_spaces(self):
         """``{name: ChannelSpace}`` of all prunable spaces."""
@@ -128,36 +131,12 @@ class ChannelPruner:
         return metric(self.graph, self.model,
                       dict(contents) if contents is not None else None)
 
-    # -- sampling -------------------------------------------------------------------
-    def _scores(self, scores):
-        res = {}
-        for name, space in self.channel_spaces.items():
-            s = None if scores is None else scores.get(name)
-            if s is None:
-                # no score: keep the first channels (deterministic)
-                s = torch.arange(space.num_channels, 0, -1).float()
-            s = torch.as_tensor(s).detach().float().reshape(-1).cpu()
-            if s.numel() != space.num_channels:
-                raise ValueError(f'scores of space {name!r} have {s.numel()} '
-                                 f'entries, expected {space.num_channels}')
-            res[name] = s
-        return res
-
-    def _round_keep(self, space, keep: int) -> int:
-        n = space.num_channels
-        div = max(1, self.divisor // max(1, space.unit_size))
-        if div > 1 and n >= div:
-            keep = max(div, int(round(keep / div)) * div)
-        keep = max(keep, min(self.min_channels, n), 1)
-        return min(keep, n)
-
-    @staticmethod
-    def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-        mask = torch.zeros(scores.numel(), dtype=torch.bool)
-        # stable: among equal scores the earlier channel wins
-        order = torch.argsort(-scores, stable=True)[:keep]
-        mask[order] = True
-        return mask
+    # -- sampling -----------------------------------------------------------
+    @property
+    def sampler(self) -> SubnetSampler:
+        """Keep-mask sampling with this pruner's divisor / minimum."""
+        return SubnetSampler(self.channel_spaces, self.divisor,
+                             self.min_channels)
 
     def sample_subnet_uniform(self, ratio: float,
                               scores: Mapping[str, torch.Tensor] | None = None
@@ -165,30 +144,20 @@ class ChannelPruner:
         """Remove the same fraction of units from every space.
 
         Args:
-            ratio: Fraction removed, in [0, 1).
+            ratio: Prune ratio (fraction removed), in [0, 1).
             scores: ``{space: score}``; higher is kept first.
 
         Returns:
             ``{space name: bool keep mask}``.
         """
-        return self.sample_subnet_nonuni(
-            {n: ratio for n in self.channel_spaces}, scores)
+        return self.sampler.uniform(ratio, scores)
 
     def sample_subnet_nonuni(self, ratios: Mapping[str, float],
                              scores: Mapping[str, torch.Tensor] | None = None
                              ) -> dict[str, torch.Tensor]:
-        """Remove ``ratios[space]`` of every space's units (0 if missing)."""
-        unknown = set(ratios) - set(self.channel_spaces)
-        if unknown:
-            raise KeyError(f'unknown channel spaces: {sorted(unknown)}')
-        scores = self._scores(scores)
-        subnet = {}
-        for name, space in self.channel_spaces.items():
-            r = _check_ratio(ratios.get(name, 0.0), f'ratio of {name!r}')
-            keep = self._round_keep(
-                space, int(round(space.num_channels * (1 - r))))
-            subnet[name] = self._top(scores[name], keep)
-        return subnet
+        """Remove ``ratios[space]`` (prune ratio) of every space's units
+        (0 if missing)."""
+        return self.sampler.nonuniform(ratios, scores)
 
     def sample_subnet_diff(self, ratio: float,
                            scores: Mapping[str, torch.Tensor] | None = None
@@ -196,133 +165,27 @@ class ChannelPruner:
         """One global threshold over scores normalised per space.
 
         Each space's scores are divided by their maximum, the lowest
-        ``ratio`` of all units are removed, then per-space minimum and
-        divisor constraints are applied.
+        ``ratio`` (prune ratio) of all units are removed, then per-space
+        minimum and divisor constraints are applied.
         """
-        ratio = _check_ratio(ratio)
-        scores = self._scores(scores)
-        norm = {n: s / s.max() if float(s.max()) > 0 else torch.ones_like(s)
-                for n, s in scores.items()}
-        return self._threshold_subnet(norm, ratio)
-
-    def _threshold_subnet(self, norm, ratio):
-        if not norm:
-            return {}
-        flat = torch.cat(list(norm.values()))
-        n_remove = int(round(ratio * flat.numel()))
-        if n_remove == 0:
-            return {n: torch.ones_like(s, dtype=torch.bool)
-                    for n, s in norm.items()}
-        thr = torch.sort(flat, stable=True).values[n_remove - 1]
-        subnet = {}
-        for name, s in norm.items():
-            keep = int((s > thr).sum())
-            keep = self._round_keep(self.channel_spaces[name], keep)
-            subnet[name] = self._top(s, keep)
-        return subnet
-
-    # -- FLOPs ------------------------------------------------------------------------
-    def _ensure_flops(self):
-        if self._layer_flops is not None:
-            return
-        res = get_model_complexity(self.model, self.example_inputs,
-                                   per_layer=True,
-                                   leaf_modules=self.leaf_modules)
-        self._total_flops = res['flops']
-        self._layer_flops = {}
-        counted = 0
-        for name, rec in self.graph.layers.items():
-            if name in res['layers'] and rec.kind != 'param':
-                f = res['layers'][name]['flops']
-                self._layer_flops[name] = f
-                counted += f
-        self._fixed_flops = self._total_flops - counted
-
-    def estimate_flops(self, subnet: Mapping[str, torch.Tensor] | None = None
-                       ) -> int:
-        """MACs of the exported model for ``subnet`` (exact for conv,
-        linear and norm layers; other ops are not affected by pruning)."""
-        self._ensure_flops()
-        g = self.graph.global_mask(subnet)
-        total = float(self._fixed_flops)
-        for name, f in self._layer_flops.items():
-            rec = self.graph.layers[name]
-            fo = 1.0 if rec.out_index is None else \
-                float(g[rec.out_index].float().mean())
-            fi = 1.0 if rec.in_index is None else \
-                float(g[rec.in_index].float().mean())
-            m = None
-            if rec.kind == 'conv':
-                m = self.model.get_submodule(name)
-            if rec.kind in ('conv', 'linear', 'conv_transpose'):
-                if m is not None and m.groups > 1:
-                    total += f * fo  # whole groups: per-group fan-in kept
-                else:
-                    total += f * fo * fi
-            else:
-                total += f * fo
-        return int(round(total))
-
-    def estimate_params(self, subnet: Mapping[str, torch.Tensor] | None = None
-                        ) -> int:
-        """Parameters of the exported model for ``subnet``, without exporting.
-
-        Weights scale with the kept fraction of their output and input
-        channels (output only for grouped convs and norm layers); biases and
-        norm affine parameters with the output fraction.
-        """
-        self._ensure_flops()
-        if self._layer_params is None:
-            self._layer_params = {}
-            for name, rec in self.graph.layers.items():
-                if rec.kind == 'param':
-                    continue
-                try:
-                    m = self.model.get_submodule(name)
-                except AttributeError:
-                    continue
-                w = getattr(m, 'weight', None)
-                w = w.numel() if isinstance(w, torch.Tensor) else 0
-                rest = sum(p.numel() for p in m.parameters(recurse=False))
-                self._layer_params[name] = (w, rest - w,
-                                            getattr(m, 'groups', 1))
-        total_params = sum(p.numel() for p in self.model.parameters())
-        g = self.graph.global_mask(subnet)
-        total = float(total_params)
-        for name, (w, rest, groups) in self._layer_params.items():
-            rec = self.graph.layers[name]
-            fo = 1.0 if rec.out_index is None else \
-                float(g[rec.out_index].float().mean())
-            fi = 1.0 if rec.in_index is None else \
-                float(g[rec.in_index].float().mean())
-            if rec.kind in ('conv', 'linear', 'conv_transpose') and \
-                    groups == 1:
-                kept_w = w * fo * fi
-            else:
-                kept_w = w * fo
-            total -= (w + rest) - (kept_w + rest * fo)
-        return int(round(total))
-
-    @property
-    def original_flops(self) -> int:
-        self._ensure_flops()
-        return self._total_flops
+        return self.sampler.global_threshold(ratio, scores)
 
     def sample_subnet_for_flops(self, flops_ratio: float,
                                 scores: Mapping[str, torch.Tensor] | None = None,
                                 mode: str = 'uniform', tol: float = 0.01,
                                 verify: bool = True
                                 ) -> dict[str, torch.Tensor]:
-        """Bisect the pruning ratio until pruned/original FLOPs hits
-        ``flops_ratio`` (0.5 = 2x fewer MACs) within ``tol`` (relative).
+        """Bisect the prune ratio until pruned / original MACs hits
+        ``flops_ratio`` (a keep ratio of MACs: 0.5 = 2x fewer MACs) within
+        ``tol`` (relative).
 
         Args:
-            flops_ratio: Target FLOPs fraction in (0, 1].
+            flops_ratio: Target MACs keep ratio in (0, 1].
             scores: Space scores.
-            mode: ``'uniform'`` (same ratio per space) or ``'global'`` (one
-                threshold, :meth:`sample_subnet_diff`).
-            tol: Relative tolerance on the FLOPs fraction.
-            verify: Export once and measure the FLOPs of the sliced model
+            mode: ``'uniform'`` (same prune ratio per space) or ``'global'``
+                (one threshold, :meth:`sample_subnet_diff`).
+            tol: Relative tolerance on the MACs keep ratio.
+            verify: Export once and measure the MACs of the sliced model
                 (reported in ``last_flops_report``).
 
         Returns:
@@ -336,89 +199,71 @@ class ChannelPruner:
         if mode not in ('uniform', 'global'):
             raise ValueError(f"mode must be 'uniform' or 'global', got "
                              f'{mode!r}')
-        scores = self._scores(scores)
         total = self.original_flops
-        sample = (self.sample_subnet_uniform if mode == 'uniform'
-                  else self.sample_subnet_diff)
-
-        def frac(sub):
-            return self.estimate_flops(sub) / total
-
-        lo, hi = 0.0, 0.999  # ratio lo: flops >= target; hi: below
-        best = sample(0.0, scores)
-        best_err = abs(frac(best) / flops_ratio - 1)
-        below = None
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            sub = sample(mid, scores)
-            f = frac(sub)
-            err = abs(f / flops_ratio - 1)
-            if err < best_err:
-                best, best_err = sub, err
-            if best_err <= tol:
-                break
-            if f > flops_ratio:
-                lo = mid
-            else:
-                hi, below = mid, sub
-            if hi - lo < 1e-6:
-                break
-        if best_err > tol and below is not None:
-            best, best_err = self._fill_up(below, scores, flops_ratio, tol,
-                                           best, best_err)
+        if total <= 0:
+            raise ValueError(f'sample_subnet_for_flops: model '
+                             f'{type(self.model).__name__} has no MACs to '
+                             'reduce')
+        best, best_err = self.sampler.for_macs(
+            flops_ratio, scores, self.estimate_flops, total, mode, tol)
         achieved = self.estimate_flops(best)
         report = {'target_ratio': flops_ratio, 'mode': mode,
                   'estimated_ratio': achieved / total,
                   'original_flops': total, 'estimated_flops': achieved}
         if verify:
-            was = self.subnet
-            self.set_subnet(best)
-            small = self.export(check=False)
-            measured = get_model_complexity(
-                small, self.example_inputs,
-                leaf_modules=self.leaf_modules)['flops']
+            measured = self._exported_macs(best)
             report['exported_flops'] = measured
             report['exported_ratio'] = measured / total
-            if was is None:
-                self.clear_subnet()
-            else:
-                self.set_subnet(was)
         self.last_flops_report = report
         if best_err > tol:
-            print_log(f'sample_subnet_for_flops: closest FLOPs ratio '
+            print_log(f'sample_subnet_for_flops: closest MACs keep ratio '
                       f'{achieved / total:.4f} for target {flops_ratio}',
                       logger='current', level=30)
         return best
 
-    def _fill_up(self, below, scores, flops_ratio, tol, best, best_err):
-        """Add pruned units back, best normalised score first, in steps of
-        the divisor so that kept counts stay multiples of it."""
-        total = self.original_flops
-        chunks = []
-        for name, mask in below.items():
-            space = self.channel_spaces[name]
-            step = max(1, self.divisor // max(1, space.unit_size))
-            s = scores[name]
-            s = s / s.max() if float(s.max()) > 0 else torch.ones_like(s)
-            pruned = (~mask).nonzero().reshape(-1)
-            pruned = pruned[torch.argsort(-s[pruned], stable=True)]
-            for i in range(0, pruned.numel() - step + 1, step):
-                idx = pruned[i:i + step]
-                chunks.append((float(s[idx[0]]), name, idx))
-        chunks.sort(key=lambda t: -t[0])
-        cur = {k: v.clone() for k, v in below.items()}
-        for _, name, idx in chunks:
-            cur[name][idx] = True
-            f = self.estimate_flops(cur) / total
-            err = abs(f / flops_ratio - 1)
-            if err < best_err:
-                best = {k: v.clone() for k, v in cur.items()}
-                best_err = err
-            if err <= tol or f > flops_ratio * (1 + tol):
-                break
-        return best, best_err
+    def _exported_macs(self, subnet) -> int:
+        """MACs of the model exported for ``subnet`` (masks restored)."""
+        was = self.subnet
+        self.set_subnet(subnet)
+        small = self.export(check=False)
+        if was is None:
+            self.clear_subnet()
+        else:
+            self.set_subnet(was)
+        return get_model_complexity(small, self.example_inputs,
+                                    leaf_modules=self.leaf_modules)['macs']
 
-    # -- masked mode ------------------------------------------------------------------
+    # -- complexity (MACs, called flops in the seed API) ---------------------
+    def _ensure_cost(self) -> SubnetCost:
+        if self._cost is None:
+            self._cost = SubnetCost(self.model, self.graph,
+                                    self.example_inputs, self.leaf_modules)
+        return self._cost
+
+    def estimate_flops(self, subnet: Mapping[str, torch.Tensor] | None = None
+                       ) -> int:
+        """MACs of the exported model for ``subnet`` (``None``: the current
+        masks), without exporting; exact for every layer kind, other ops
+        are not affected by pruning."""
+        return self._ensure_cost().macs(self.graph.global_mask(subnet))
+
+    def estimate_params(self, subnet: Mapping[str, torch.Tensor] | None = None
+                        ) -> int:
+        """Parameters of the exported model for ``subnet``, without exporting.
+
+        Weights scale with the kept fraction of their output and input
+        channels (output only for grouped convs and norm layers); biases,
+        norm affine parameters and free parameters (layer scale) with the
+        output fraction.
+        """
+        return self._ensure_cost().params(self.graph.global_mask(subnet))
+
+    @property
+    def original_flops(self) -> int:
+        """MACs of the dense model."""
+        return self._ensure_cost().total_macs
+
+    # -- masked mode --------------------------------------------------------
     def _normalise_subnet(self, subnet):
         unknown = set(subnet) - set(self.channel_spaces)
         if unknown:
@@ -432,9 +277,7 @@ class ChannelPruner:
                 continue
             m = torch.as_tensor(m)
             if m.dtype != torch.bool:  # kept indices
-                idx = m.long().reshape(-1)
-                m = torch.zeros(space.num_channels, dtype=torch.bool)
-                m[idx] = True
+                m = self._indices_to_mask(name, m, space.num_channels)
             m = m.reshape(-1).cpu()
             if m.numel() != space.num_channels:
                 raise ValueError(f'mask of space {name!r} has {m.numel()} '
@@ -444,6 +287,20 @@ class ChannelPruner:
                                  'channel')
             res[name] = m.clone()
         return res
+
+    @staticmethod
+    def _indices_to_mask(name: str, idx: torch.Tensor, n: int
+                         ) -> torch.Tensor:
+        if idx.is_floating_point() or idx.is_complex():
+            raise ValueError(f'subnet of space {name!r}: expected a bool '
+                             f'keep mask or integer indices, got {idx.dtype}')
+        idx = idx.long().reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f'subnet of space {name!r}: kept indices must '
+                             f'be in [0, {n}), got {idx.tolist()[:8]}')
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[idx] = True
+        return mask
 
     def set_subnet(self, subnet: Mapping[str, Any]) -> None:
         """Put the model into masked mode.
@@ -511,45 +368,58 @@ class ChannelPruner:
                 f"{report['rel_diff']:.4g} > {rtol}")
         return small
 
-    # -- persistence ------------------------------------------------------------------
-    def save_subnet(self, path: str, weights: bool = True) -> str:
-        """Save the structure (JSON: space -> kept indices) and, optionally,
-        the exported weights (``<path without .json>.pth``).
+    def reconstruct(self, batches: Iterable, method: str = 'least_squares',
+                    num_batches: int = 20, **kwargs) -> dict[str, Any]:
+        """Refit the consumers of pruned channels on calibration batches so
+        that their outputs match the dense model's, then re-estimate BN.
 
-        Both files are written to a temp file first and then renamed.
+        Call after :meth:`set_subnet` and before fine-tuning; the masked
+        model is updated in place (its parameters, so ``state_dict()``,
+        checkpoints and :meth:`export` carry the refitted weights).
+        Memory: the ``num_batches`` calibration inputs, one copy of the
+        model (the target), one float64 Gram matrix ``X^T X`` (plus
+        ``X^T Y``) per consumer and conv group, and the live activations at
+        the current point of the graph of all calibration batches; when
+        those exceed ``max_cache_mb`` each consumer re-runs the forward
+        prefix batch by batch instead (same result, slower).
+
+        Args:
+            batches: Input tensors, ``(inputs, labels)`` pairs or mmengine
+                data dicts.
+            method: ``'least_squares'`` or ``'bias_compensation'``.
+            num_batches: Calibration batches to use.
+            **kwargs: ``ridge``, ``bn_recalib``, ``points_per_image``,
+                ``layers``, ``seed``, ``max_cache_mb``, ``reference`` of
+                :func:`~mmrazor_ext.pruners.reconstruction.reconstruct`.
+
+        Returns:
+            The report of :func:`~mmrazor_ext.pruners.reconstruction.reconstruct`.
+        """
+        return reconstruct(self, batches, method=method,
+                           num_batches=num_batches, **kwargs)
+
+    # -- persistence ----------------------------------------------------------
+    def save_subnet(self, path: str, weights: bool = True) -> str:
+        """Save the structure (JSON: space -> kept indices, see
+        :mod:`.subnet_io`) and, optionally, the exported weights
+        (``<path without .json>.pth``), each file written atomically.
 
         Returns:
             ``path``.
         """
         subnet = self.subnet or self._normalise_subnet({})
-        data = {
-            'format': _FORMAT, 'version': 1,
-            'example_inputs': [
-                {'shape': list(x.shape), 'dtype': str(x.dtype)}
-                for x in self.example_inputs],
-            'ignore_layers': list(self.ignore_layers),
-            'spaces': {
-                name: {'num_channels': self.channel_spaces[name].num_channels,
-                       'kept': m.nonzero().reshape(-1).tolist()}
-                for name, m in subnet.items()},
-        }
-        if weights:
-            wpath = os.path.splitext(path)[0] + '.pth'
-            state = self.export().state_dict()
-            atomic_write(wpath, lambda p: torch.save(state, p))
-            data['weights'] = os.path.basename(wpath)
-
-        def write_json(p):
-            with open(p, 'w') as f:
-                json.dump(data, f, indent=1)
-        atomic_write(path, write_json)
-        return path
+        data = subnet_io.subnet_record(subnet, self.channel_spaces,
+                                       self.example_inputs,
+                                       self.ignore_layers)
+        state = self.export().state_dict() if weights else None
+        return subnet_io.write_subnet(path, data, state)
 
 
 def load_subnet(model: nn.Module, path: str,
                 example_inputs: Sequence[torch.Tensor] | None = None,
                 leaf_modules: Iterable[type | str] = (),
-                load_weights: bool = True) -> nn.Module:
+                load_weights: bool = True,
+                weights: str | None = None) -> nn.Module:
     """Rebuild a pruned model from its original definition.
 
     Args:
@@ -558,43 +428,28 @@ def load_subnet(model: nn.Module, path: str,
         example_inputs: Override the stored example input shapes.
         leaf_modules: Leaf modules used when the subnet was saved.
         load_weights: Load the saved sliced weights if present.
+        weights: Weights file to load instead of the one the JSON names
+            (which must lie in the JSON's folder); any location.
 
     Returns:
         The physically pruned model.
+
+    Raises:
+        SubnetFileError: The file is malformed or does not fit ``model``
+            (the message names the file and the field).
     """
-    with open(path) as f:
-        data = json.load(f)
-    if data.get('format') != _FORMAT:
-        raise ValueError(f'{path} is not a saved subnet ({_FORMAT})')
+    data = subnet_io.read_subnet(path)
+    wpath = subnet_io.weights_path(data, path, weights) if load_weights \
+        else None
     if example_inputs is None:
-        example_inputs = tuple(
-            torch.zeros(e['shape'], dtype=getattr(torch,
-                                                  e['dtype'].split('.')[-1]))
-            for e in data['example_inputs'])
-        example_inputs = tuple(torch.randn(x.shape) if x.is_floating_point()
-                               else x for x in example_inputs)
+        example_inputs = subnet_io.example_inputs_of(data, path)
     pruner = ChannelPruner(model, example_inputs,
                            ignore_layers=data.get('ignore_layers', ()),
                            leaf_modules=leaf_modules)
-    spaces = data['spaces']
-    for name, entry in spaces.items():
-        space = pruner.channel_spaces.get(name)
-        if space is None or space.num_channels != entry['num_channels']:
-            raise ValueError(
-                f'{path}: space {name!r} does not match the model '
-                f'(saved {entry["num_channels"]} channels, model has '
-                f'{None if space is None else space.num_channels})')
-    pruner.set_subnet({n: torch.tensor(e['kept'], dtype=torch.long)
-                       for n, e in spaces.items()})
+    pruner.set_subnet(subnet_io.kept_masks(data, pruner.channel_spaces,
+                                           path))
     small = pruner.export()
     pruner.clear_subnet()
-    if load_weights and data.get('weights'):
-        wpath = os.path.join(os.path.dirname(os.path.abspath(path)),
-                             data['weights'])
-        state = torch.load(wpath, map_location='cpu', weights_only=True)
-        missing, unexpected = small.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ExportError(f'{wpath}: weights do not fit the rebuilt '
-                              f'model (missing {missing[:5]}, unexpected '
-                              f'{unexpected[:5]})')
+    if wpath is not None:
+        subnet_io.load_weights(small, wpath)
     return small

@@ -1,5 +1,5 @@
 """Search: adaptive-BN evaluation, Optuna searchers, the AMC agent."""
-from .amc_env import AMCEnv, check_val_result, run_amc_search
+from .amc_env import AMCEnv, check_val_result
 from .amc_rewards import PROTOCOLS, compute_reward
 from .amc_search import (
     KMCRecorder,
@@ -8,14 +8,17 @@ from .amc_search import (
     rebuild_pruned,
     save_pruned_checkpoint,
 )
+from .amc_workflow import AMCSearchResult, run_amc, run_amc_search
 from .ddpg import DDPGAgent, DDPGConfig
 from .evaluator import AdaptiveBNEvaluator, bn_state, load_bn_state
+from .greedy import GreedySlimmer, greedy_slim
 from .optuna_searcher import OptunaSearcher, pareto_front, ratio_grid
 from .space import KeepRatioSpace
 
-__all__ = ['AdaptiveBNEvaluator', 'KeepRatioSpace', 'OptunaSearcher',
+__all__ = ['AdaptiveBNEvaluator', 'GreedySlimmer', 'KeepRatioSpace',
+           'OptunaSearcher', 'greedy_slim',
            'bn_state', 'load_bn_state', 'pareto_front', 'ratio_grid']
-__all__ += ['AMCEnv', 'DDPGAgent', 'DDPGConfig', 'KMCRecorder',
+__all__ += ['AMCEnv', 'AMCSearchResult', 'DDPGAgent', 'DDPGConfig', 'KMCRecorder',
             'LatencyProvider', 'PROTOCOLS', 'check_val_result',
-            'compute_reward', 'parse_amc_cfg', 'rebuild_pruned',
+            'compute_reward', 'parse_amc_cfg', 'rebuild_pruned', 'run_amc',
             'run_amc_search', 'save_pruned_checkpoint']

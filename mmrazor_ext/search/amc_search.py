@@ -1,4 +1,4 @@
-"""AMC search plumbing shared by ``MCPruning`` and the ``AMCPruning`` algorithm.
+"""AMC search plumbing used by :func:`~.amc_workflow.run_amc`.
 
 * :func:`parse_amc_cfg` validates Knight's ``amc_cfg`` section (errors name
   the field, e.g. ``amc_cfg.protocol``) and fills defaults.
@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import os.path as osp
@@ -34,9 +33,16 @@ from torch import nn
 from mmrazor_ext.estimators import measure_latency
 from mmrazor_ext.graph import TensorPath, trace_model
 from mmrazor_ext.pruners import ChannelPruner
-from mmrazor_ext.utils.io import atomic_write
+from mmrazor_ext.pruners.pruned_model import (
+    apply_pruned_structure,
+    pruned_structure,
+    read_pruned_structure,
+    save_pruned_model,
+)
+from mmrazor_ext.pruners.subnet_io import example_inputs_of, load_weights
+from mmrazor_ext.utils.tables import atomic_write_csv
 
-from .amc_env import PRUNING_METHODS
+from .amc_channels import PRUNING_METHODS
 from .amc_rewards import PROTOCOLS
 from .ddpg import DDPGConfig
 
@@ -45,7 +51,6 @@ __all__ = ['CSV_COLUMNS', 'KMCRecorder', 'LatencyProvider', 'count_ops',
 
 CSV_COLUMNS = ('episode', 'ckpt_name', 'ind1', 'ind2', 'infer_time',
                'op_num', 'total_macs', 'normalized_macs', 'normalized_nnz')
-_FORMAT = 'mmrazor_ext.kmc_pruning'
 
 _AMC_DEFAULTS = dict(
     agent_algo='DDPG', protocol='mac-constrained', pruning_pattern='channels',
@@ -154,31 +159,16 @@ def save_pruned_checkpoint(path: str, small: nn.Module, pruner: ChannelPruner,
                            subnet: Mapping[str, torch.Tensor],
                            meta: Mapping[str, Any] | None = None,
                            extras: Mapping[str, Any] | None = None) -> str:
-    """Save an exported model with the structure needed to rebuild it.
+    """Save an exported episode model in the one pruned-model format.
 
-    The file holds ``state_dict`` (sliced weights), ``kmc_pruning`` (format,
-    example input shapes, ignored layers, ``subnet``: space -> kept indices,
-    and ``meta``) and the ``extras``; plain containers and tensors only, so
-    it loads with ``weights_only=True``.
+    The file is :func:`~mmrazor_ext.pruners.pruned_model.save_pruned_model`'s
+    container (``state_dict``, ``subnet`` structure, ``meta``) plus
+    ``extras``; plain containers and tensors only, so it loads with
+    ``weights_only=True``.
     """
-    info = {
-        'format': _FORMAT, 'version': 1,
-        'input_shapes': [list(x.shape) for x in pruner.example_inputs],
-        'ignore_layers': list(pruner.ignore_layers),
-        'subnet': {name: {'num_channels': int(m.numel()),
-                          'kept': m.nonzero().reshape(-1).tolist()}
-                   for name, m in subnet.items()},
-        'meta': {k: _plain(v) for k, v in (meta or {}).items()},
-    }
-    data = {'state_dict': {k: v.detach().cpu()
-                           for k, v in small.state_dict().items()},
-            'kmc_pruning': info}
-    for k, v in (extras or {}).items():
-        if k in data:
-            raise KeyError(f'extras.{k}: reserved key')
-        data[k] = v
-    atomic_write(path, lambda p: torch.save(data, p))
-    return path
+    structure = pruned_structure(pruner, subnet=subnet,
+                                 meta={'algorithm': 'AMC', **(meta or {})})
+    return save_pruned_model(path, small, structure, extras=extras)
 
 
 def _transplant(model: nn.Module, small: nn.Module) -> None:
@@ -211,45 +201,32 @@ def _transplant(model: nn.Module, small: nn.Module) -> None:
                     m.__dict__[k] = v
 
 
-def rebuild_pruned(model: nn.Module, ckpt: Mapping[str, Any],
-                   where: str = 'weight_file') -> dict:
-    """Rebuild the pruned structure of ``ckpt`` in ``model`` (in place) and
-    load its weights.
+def rebuild_pruned(model: nn.Module, path: str) -> dict:
+    """Rebuild the pruned model saved at ``path`` in ``model`` (in place).
 
     Args:
-        model: A model of the original (unpruned) definition.
-        ckpt: A dict written by :func:`save_pruned_checkpoint`.
-        where: Name of the source in error messages.
+        model: A freshly built model of the original (unpruned) definition.
+        path: A pruned-model file of any supported version (this format,
+            ``subnet.json`` or an older AMC ``kmc_pruning`` checkpoint).
 
     Returns:
-        The ``kmc_pruning`` info of the checkpoint.
+        The saved structure (validated).
     """
-    info = ckpt.get('kmc_pruning') if isinstance(ckpt, Mapping) else None
-    if not info or info.get('format') != _FORMAT:
-        raise ValueError(f'{where}: not a pruned checkpoint of MCPruning '
-                         f'(no kmc_pruning/{_FORMAT} entry)')
+    structure, wpath, state = read_pruned_structure(path)
+    if structure.get('removal_mode') or structure.get('bn_folded'):
+        raise ValueError(f'{path}: the model was made shallower or BN-folded;'
+                         ' it cannot be rebuilt in place (use '
+                         'mmrazor_ext.pruners.pruned_model.load_pruned_model)')
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device('cpu')
-    example = tuple(torch.randn(s, device=device) for s in info['input_shapes'])
-    pruner = ChannelPruner(model, example,
-                           ignore_layers=info.get('ignore_layers', ()))
-    for name, entry in info['subnet'].items():
-        space = pruner.channel_spaces.get(name)
-        if space is None or space.num_channels != entry['num_channels']:
-            raise ValueError(
-                f'{where}: channel space {name!r} does not match the model '
-                f'(saved {entry["num_channels"]} channels, the model has '
-                f'{None if space is None else space.num_channels}); pass a '
-                'freshly built, unpruned model')
-    pruner.set_subnet({n: torch.tensor(e['kept'], dtype=torch.long)
-                       for n, e in info['subnet'].items()})
-    try:
-        small = pruner.export(check=False)
-    finally:
-        pruner.clear_subnet()
-    small.load_state_dict(ckpt['state_dict'])
+    example = tuple(x.to(device) for x in example_inputs_of(structure, path))
+    small = apply_pruned_structure(model, structure, example, where=path)
+    if state is None and wpath is not None:
+        load_weights(small, wpath)
+    elif state is not None:
+        small.load_state_dict(state)
     _transplant(model, small)
-    return info
+    return structure
 
 
 # -- latency ------------------------------------------------------------------------
@@ -338,7 +315,7 @@ class KMCRecorder:
     """Keeps the best ``top_k`` episodes (by reward) as checkpoints.
 
     Call it as the ``callback`` of
-    :func:`~mmrazor_ext.search.amc_env.run_amc_search`. After every episode
+    :func:`~mmrazor_ext.search.amc_workflow.run_amc_search`. After every episode
     it rewrites ``kmc-pruning.csv`` (one row per kept checkpoint, best reward
     first, Knight's columns) and ``amc-episodes.csv`` (every episode, with
     reward and per-decision keep ratios).
@@ -395,24 +372,15 @@ class KMCRecorder:
         self.write()
 
     def write(self) -> None:
-        def kmc(path):
-            with open(path, 'w', newline='') as f:
-                w = csv.writer(f)
-                w.writerow(CSV_COLUMNS)
-                for r in self.kept:
-                    w.writerow([_fmt(r.get(c)) for c in CSV_COLUMNS])
-
-        def episodes(path):
-            cols = ('episode', 'reward', 'ind1', 'ind2', 'vloss',
-                    'total_macs', 'normalized_macs', 'normalized_nnz',
-                    'infer_time', 'op_num', 'ckpt_name', 'strategy')
-            with open(path, 'w', newline='') as f:
-                w = csv.writer(f)
-                w.writerow(cols)
-                for r in self.episodes:
-                    vals = [_fmt(r.get(c)) for c in cols[:-1]]
-                    vals.append(' '.join(f'{a:.4f}'
-                                         for a in r.get('strategy', [])))
-                    w.writerow(vals)
-        atomic_write(self.csv_path, kmc)
-        atomic_write(osp.join(self.output_dir, 'amc-episodes.csv'), episodes)
+        """Rewrite ``kmc-pruning.csv`` and ``amc-episodes.csv``."""
+        atomic_write_csv(self.csv_path,
+                         [[_fmt(r.get(c)) for c in CSV_COLUMNS]
+                          for r in self.kept], CSV_COLUMNS)
+        cols = ('episode', 'reward', 'ind1', 'ind2', 'vloss', 'total_macs',
+                'normalized_macs', 'normalized_nnz', 'infer_time', 'op_num',
+                'ckpt_name', 'strategy')
+        rows = [[_fmt(r.get(c)) for c in cols[:-1]]
+                + [' '.join(f'{a:.4f}' for a in r.get('strategy', []))]
+                for r in self.episodes]
+        atomic_write_csv(osp.join(self.output_dir, 'amc-episodes.csv'), rows,
+                         cols)

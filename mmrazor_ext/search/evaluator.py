@@ -16,9 +16,10 @@ cost is paid once instead of once per candidate.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from torch import nn
 from mmrazor_ext.estimators import measure_latency
 from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn, to_tensors
 
-__all__ = ['AdaptiveBNEvaluator', 'bn_state', 'load_bn_state']
+__all__ = ['AdaptiveBNEvaluator', 'apply_subnet', 'bn_state', 'load_bn_state',
+           'preserve_subnet']
 
 
 def _bns(model: nn.Module):
@@ -53,6 +55,33 @@ def load_bn_state(model: nn.Module, state: list[dict[str, torch.Tensor]]
     for m, s in zip(bns, state):
         for k, v in s.items():
             getattr(m, k).copy_(v)
+
+
+def apply_subnet(pruner, subnet: Mapping[str, torch.Tensor] | None) -> None:
+    """Mask the pruner's model with ``subnet``; ``None`` clears the masks."""
+    if subnet is None:
+        pruner.clear_subnet()
+    else:
+        pruner.set_subnet(subnet)
+
+
+@contextlib.contextmanager
+def preserve_subnet(pruner, bn_stats: bool = True) -> Iterator[None]:
+    """Put the pruner's current masks back on exit, also on errors.
+
+    Args:
+        pruner: The :class:`~mmrazor_ext.pruners.ChannelPruner`.
+        bn_stats: Also restore the running statistics of every BatchNorm of
+            the pruner's model (adaptive BN overwrites them).
+    """
+    previous = pruner.subnet
+    saved = bn_state(pruner.model) if bn_stats else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            load_bn_state(pruner.model, saved)
+        apply_subnet(pruner, previous)
 
 
 def _cache(model: nn.Module, batches: Iterable, num: int | None
@@ -131,13 +160,8 @@ class AdaptiveBNEvaluator:
         previous masks are restored afterwards, also on errors."""
         t0 = time.perf_counter()
         pruner = self.pruner
-        previous = pruner.subnet
-        saved = bn_state(self.model)
-        try:
-            if subnet is None:
-                pruner.clear_subnet()
-            else:
-                pruner.set_subnet(subnet)
+        with preserve_subnet(pruner):
+            apply_subnet(pruner, subnet)
             flops = pruner.estimate_flops(pruner.subnet)
             res = {'flops': flops,
                    'flops_ratio': flops / pruner.original_flops,
@@ -155,12 +179,6 @@ class AdaptiveBNEvaluator:
                 x = torch.randn(self.latency_shape)
                 res['latency_ms'] = 1e3 * measure_latency(
                     small, x, warmup=2, repeats=self.latency_repeats)
-        finally:
-            load_bn_state(self.model, saved)
-            if previous is None:
-                pruner.clear_subnet()
-            else:
-                pruner.set_subnet(previous)
         self.num_evaluations += 1
         self.total_time += time.perf_counter() - t0
         return res

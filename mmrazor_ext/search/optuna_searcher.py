@@ -11,10 +11,15 @@ The study lives in an Optuna storage (default SQLite in the work dir):
 * a killed search resumes: completed trials stay, new trial numbers
   continue, and the run stops when the study holds ``n_trials`` completed
   trials; trials left RUNNING by a dead process are failed by the heartbeat
-  after ``grace_period`` s and re-queued once (``RetryFailedTrialCallback``);
+  after ``grace_period`` s and re-queued once
+  (``RetryHeartbeatStaleTrialCallback``). A trial killed before its first
+  heartbeat (Optuna never fails those) is failed and re-queued by the next
+  run once it is ``heartbeat_interval`` s old (:func:`reap_orphans`);
 * several processes (``tools/search.py --workers N``, torchrun ranks, or
-  other hosts with the same storage URL) share one study; each stops when
-  the study is complete.
+  other hosts with the same storage URL) share one study and stop at
+  exactly ``n_trials`` completed trials: a trial that would exceed the
+  budget, counting the lower-numbered trials still running, is pruned
+  without evaluation and its worker stops.
 
 Objectives: ``top1`` (maximised), ``flops`` / ``params`` / ``latency_ms``
 (minimised). With one objective, ``max_flops_ratio`` makes it a constrained
@@ -29,6 +34,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -37,9 +43,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from mmrazor_ext.registry import SEARCHERS
-
-__all__ = ['OptunaSearcher', 'ratio_grid', 'pareto_front']
+__all__ = ['OptunaSearcher', 'ratio_grid', 'pareto_front', 'reap_orphans',
+           'check_n_trials']
 
 _DIRECTIONS = {'top1': 'maximize', 'flops': 'minimize',
                'params': 'minimize', 'latency_ms': 'minimize'}
@@ -123,7 +128,98 @@ def _storage(url: str | None, heartbeat: int, grace: int):
     return storage
 
 
-@SEARCHERS.register_module()
+def check_n_trials(n_trials, name: str = 'n_trials') -> int:
+    """``n_trials`` as an int >= 1, or a ValueError naming ``name``."""
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or \
+            n_trials < 1:
+        raise ValueError(f'{name} must be an integer >= 1, got {n_trials!r} '
+                         f'({type(n_trials).__name__})')
+    return n_trials
+
+
+def _uses_heartbeat(storage) -> bool:
+    return isinstance(storage, RDBStorage) and \
+        storage.get_heartbeat_interval() is not None
+
+
+def heartbeat_ages(study: optuna.Study, storage,
+                   trials: Sequence) -> dict[int, float | None]:
+    """Seconds since each trial's last heartbeat (None: it never wrote one),
+    by trial number, in the database's clock."""
+    import sqlalchemy
+    if not trials:
+        return {}
+    study_id = storage.get_study_id_from_name(study.study_name)
+    ids = {storage.get_trial_id_from_study_id_trial_number(study_id, t.number):
+           t.number for t in trials}
+    table = sqlalchemy.table('trial_heartbeats', sqlalchemy.column('trial_id'),
+                             sqlalchemy.column('heartbeat', sqlalchemy.DateTime))
+    with storage.engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        rows = conn.execute(sqlalchemy.select(table.c.trial_id,
+                                              table.c.heartbeat).where(
+            table.c.trial_id.in_(list(ids)))).all()
+    now = now.replace(tzinfo=None)
+    ages: dict[int, float | None] = {n: None for n in ids.values()}
+    for tid, beat in rows:
+        ages[ids[tid]] = (now - beat.replace(tzinfo=None)).total_seconds()
+    return ages
+
+
+def _age(trial) -> float:
+    start = trial.datetime_start
+    return 0.0 if start is None else (datetime.now() - start).total_seconds()
+
+
+def reap_orphans(study: optuna.Study, storage, min_age: float) -> list[int]:
+    """Fail (and re-queue once) RUNNING trials that never wrote a heartbeat.
+
+    Optuna fails a trial whose heartbeat went stale, but a process killed
+    between creating a trial and its first heartbeat leaves a RUNNING trial
+    without any, which Optuna never touches. A live trial writes its first
+    heartbeat right after it starts, so one older than ``min_age`` seconds
+    without a heartbeat is dead.
+
+    Args:
+        study: The study.
+        storage: Its ``RDBStorage`` (other storages: nothing is done).
+        min_age: Seconds since the trial started.
+
+    Returns:
+        Numbers of the trials failed.
+    """
+    if not _uses_heartbeat(storage):
+        return []
+    old = [t for t in study.get_trials(deepcopy=False,
+                                       states=(TrialState.RUNNING,))
+           if _age(t) > min_age]
+    ages = heartbeat_ages(study, storage, old)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    study_id = storage.get_study_id_from_name(study.study_name) if old else 0
+    reaped = []
+    for trial in old:
+        if ages[trial.number] is not None:
+            continue
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                              trial.number)
+        try:
+            if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        reaped.append(trial.number)
+        if retry is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore',
+                                      optuna.exceptions.ExperimentalWarning)
+                retry(study, storage.get_trial(tid))
+    if reaped:
+        print_log(f'search: trials {reaped} were left RUNNING without a '
+                  'heartbeat by a killed process; failed and re-queued',
+                  logger='current', level=30)
+    return reaped
+
+
 class OptunaSearcher:
     """Discrete keep-ratio search over named channel spaces.
 
@@ -142,7 +238,9 @@ class OptunaSearcher:
             the budgets of interest).
         worker_index: Added to the sampler seed so that workers sharing a
             study propose different candidates.
-        heartbeat_interval: Seconds between a running trial's heartbeats.
+        heartbeat_interval: Seconds between a running trial's heartbeats;
+            a RUNNING trial this old that never wrote one is failed and
+            re-queued once (:func:`reap_orphans`).
         grace_period: A RUNNING trial without heartbeat for this long is
             failed (and its parameters re-queued once).
     """
@@ -191,11 +289,13 @@ class OptunaSearcher:
             self.sampler = optuna.samplers.RandomSampler(seed=seed)
         self.storage_url = storage
         self.study_name = study_name
+        self.heartbeat_interval = heartbeat_interval
         for attempt in range(5):
             try:
+                self._rdb = _storage(storage, heartbeat_interval,
+                                         grace_period)
                 self.study = optuna.create_study(
-                    storage=_storage(storage, heartbeat_interval,
-                                     grace_period),
+                    storage=self._rdb,
                     sampler=self.sampler, study_name=study_name,
                     directions=[_DIRECTIONS[o] for o in self.objectives],
                     load_if_exists=True)
@@ -279,8 +379,8 @@ class OptunaSearcher:
         Returns:
             The study.
         """
-        if n_trials < 0:
-            raise ValueError(f'n_trials must be >= 0, got {n_trials}')
+        check_n_trials(n_trials)
+        self.reap_orphans()
         done = len(self.completed())
         remaining = max(0, n_trials - done)
         if remaining == 0:
@@ -295,6 +395,11 @@ class OptunaSearcher:
         best = [self._best_top1()]  # -inf before the first evaluation
 
         def objective(trial):
+            if self._over_budget(trial, n_trials):
+                # other workers' running trials complete the study
+                trial.set_user_attr('skipped', 'n_trials reached')
+                trial.study.stop()
+                raise optuna.TrialPruned()
             params = {s: trial.suggest_categorical(s, self.grid)
                       for s in self.spaces}
             key = self._key(params)
@@ -329,6 +434,9 @@ class OptunaSearcher:
             return tuple(float(res[o]) for o in self.objectives)
 
         def after(study, trial):
+            self.reap_orphans()
+            if self._budget_used() >= n_trials:
+                study.stop()  # the running trials complete the study
             if trial.state == TrialState.COMPLETE and \
                     trial.user_attrs.get('evaluated'):
                 cache.setdefault(self._key(trial.params), trial)
@@ -357,6 +465,40 @@ class OptunaSearcher:
 
     def _key(self, params):
         return tuple(params[s] for s in self.spaces)
+
+    def reap_orphans(self) -> list[int]:
+        """Fail and re-queue trials a killed process left RUNNING before
+        their first heartbeat (see :func:`reap_orphans`)."""
+        return reap_orphans(self.study, self._rdb,
+                            self.heartbeat_interval)
+
+    def _live_running(self, trials: Sequence) -> list:
+        """The RUNNING trials among ``trials`` that are alive: a heartbeat
+        within two intervals, or started within one and none yet. Without a
+        heartbeat storage (one process) they all are."""
+        if not _uses_heartbeat(self._rdb) or not trials:
+            return list(trials)
+        hb = self.heartbeat_interval
+        ages = heartbeat_ages(self.study, self._rdb, trials)
+        return [t for t in trials if (ages[t.number] is None and _age(t) <= hb)
+                or (ages[t.number] is not None and ages[t.number] <= 2 * hb)]
+
+    def _budget_used(self, before: int | None = None) -> int:
+        """Completed trials plus live running ones (numbered below
+        ``before`` when given): what the study will hold when they end."""
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and (before is None or t.number < before)]
+        return done + len(self._live_running(running))
+
+    def _over_budget(self, trial, n_trials: int) -> bool:
+        """Whether ``trial`` would complete the study beyond ``n_trials``:
+        completed trials plus the live lower-numbered ones still running
+        (they finish first) already reach it. Deterministic across workers:
+        of two trials racing for the last slot, the higher number yields."""
+        return self._budget_used(before=trial.number) >= n_trials
 
     @staticmethod
     def _worst(objective: str, fr: float) -> float:

@@ -52,6 +52,39 @@ def _fmt_rate(s) -> str:
     return f'{s:g}'
 
 
+def table_in_percent(table, unit: str = 'percent') -> list[float]:
+    """Validate a sparsity table and return it in percent.
+
+    Args:
+        table: Increasing sparsities: percents in [0, 100), at least one
+            >= 1, or fractions in [0, 1) with ``unit='fraction'``.
+        unit: ``'percent'`` or ``'fraction'``.
+
+    Raises:
+        SparsityConfigError: naming ``scheduler.kwargs.sparsity_table``.
+    """
+    where = 'scheduler.kwargs.sparsity_table'
+    values = list(table)
+    if unit == 'fraction':
+        bad = [v for v in values if isinstance(v, bool)
+               or not isinstance(v, (int, float)) or not 0 <= v < 1]
+        if bad:
+            raise SparsityConfigError(
+                f"{where}: with sparsity_unit='fraction' entries must lie "
+                f'within [0, 1), got {bad[0]!r}')
+        values = [round(100.0 * v, 6) for v in values]
+    msg = check_sparsity_table(values)
+    if msg:
+        raise SparsityConfigError(f'{where}: {msg}')
+    if unit == 'percent' and all(v < 1 for v in values):
+        raise SparsityConfigError(
+            f'{where}: {values} looks like fractions, but the table is in '
+            f'percent (0.7 means 0.7 %); write '
+            f'{[round(100 * v, 4) for v in values]} or set '
+            "sparsity_unit='fraction'")
+    return values
+
+
 def _check_total_iters(v) -> str | None:
     return None if v is None else check_positive(v)
 
@@ -63,7 +96,12 @@ class AmbaLevelPruneScheduler(BaseScheduler):
     Keyword Args:
         total_iters: Sparse-training iterations (None: the SparsityHook
             takes the Runner's ``max_iters``).
-        sparsity_table: Increasing global sparsities in percent, [0, 100).
+        sparsity_table: Increasing global sparsities in percent, [0, 100)
+            (e.g. ``[30, 50, 70]``). A table whose entries are all below 1
+            (``[0.3, 0.5, 0.7]``) looks like fractions and is an error
+            unless ``sparsity_unit='fraction'`` says so.
+        sparsity_unit: ``'percent'`` (default) or ``'fraction'`` (entries
+            in [0, 1), converted to percent).
         no_prune_keyword / no_prune_layer: Layers kept dense.
         prun_algo: 1 energy allocation, 0 uniform.
         prun_algo_tuning: Strength of the stride-group bias (prun_algo 1).
@@ -78,7 +116,8 @@ class AmbaLevelPruneScheduler(BaseScheduler):
     ARGS = {
         **BaseScheduler.ARGS,
         'total_iters': Arg((int, type(None)), None, _check_total_iters),
-        'sparsity_table': Arg((list, tuple), check=check_sparsity_table),
+        'sparsity_table': Arg((list, tuple)),
+        'sparsity_unit': Arg((str,), 'percent', one_of('percent', 'fraction')),
         'prun_algo': Arg((int,), 1, one_of(0, 1)),
         'prun_algo_tuning': Arg((float,), 0.5, check_non_negative),
         'dw_no_prune': Arg((bool,), False),
@@ -91,7 +130,8 @@ class AmbaLevelPruneScheduler(BaseScheduler):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.table: list[float] = list(self.cfg['sparsity_table'])
+        self.table: list[float] = table_in_percent(
+            self.cfg['sparsity_table'], self.cfg['sparsity_unit'])
         self.total_iters: int | None = self.cfg['total_iters']
         self.save_dir: str | None = self.cfg['save_dir']
         self.output_dir: str | None = self.cfg['output_dir']

@@ -164,6 +164,8 @@ class BaseScheduler:
         if fake_sparse is None:
             fake_sparse = (FAKE_SPARSES.get(self.default_fake_sparse), {})
         self.fake_sparse_cls, self.fake_sparse_kwargs = fake_sparse
+        self._check_drivable(type(mask_generator), 'mask_generator.type')
+        self._check_drivable(self.fake_sparse_cls, 'fake_sparse.type')
         if (self.allowed_fake_sparse is not None and
                 self.fake_sparse_cls.__name__ not in self.allowed_fake_sparse):
             raise SparsityConfigError(
@@ -183,6 +185,21 @@ class BaseScheduler:
         self._optimizer = None
         self._opt_hook = None
         self._drive_by_optimizer = False
+
+    def _check_drivable(self, cls: type, where: str) -> None:
+        """A component that only some schedulers can drive (its
+        ``scheduler_types``, e.g. ProbMask's) is an error under others: it
+        would train silently at 0 % sparsity."""
+        needed = getattr(cls, 'scheduler_types', None)
+        if not needed:
+            return
+        mine = {c.__name__ for c in type(self).__mro__}
+        if not mine.intersection(needed):
+            raise SparsityConfigError(
+                f'{where}: {cls.__name__} needs scheduler.type '
+                f'{" or ".join(needed)}; {type(self).__name__} cannot drive '
+                'it (its masks would never be set and training would run '
+                'at 0 % sparsity)')
 
     # --- preparation -----------------------------------------------------
     def layer_filter(self, name: str, module: nn.Module) -> str | None:
@@ -253,6 +270,12 @@ class BaseScheduler:
         for layer in self.layers.values():
             params.extend(layer.weight_fake_sparse.parameters())
         return params
+
+    def extra_param_group(self) -> dict[str, Any]:
+        """Optimizer settings for the group of :meth:`extra_parameters`
+        that differ from the model's (group 0) ones; a trainer adding them
+        to an optimizer applies these over group 0's."""
+        return {}
 
     # --- per-iteration logic ---------------------------------------------
     def update(self, cur_iter: int, enter_stage: bool = True) -> None:

@@ -1,4 +1,6 @@
 """``build_sparse_scheduler``: the MSBench entry point."""
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from mmrazor_ext.registry import FAKE_SPARSES, MASK_GENERATORS, SPARSE_SCHEDULERS
@@ -6,9 +8,11 @@ from mmrazor_ext.registry import FAKE_SPARSES, MASK_GENERATORS, SPARSE_SCHEDULER
 from .config import (
     TOP_LEVEL_KEYS,
     SparsityConfigError,
-    _type_names,
-    _type_ok,
     check_component,
+    coerce_value,
+    load_sparsity_yaml,
+    type_names,
+    type_ok,
     validate_kwargs,
 )
 from .fake_sparse import FakeSparse
@@ -24,14 +28,18 @@ def _lookup(registry, name: str, where: str, base=None):
     return cls
 
 
-def build_sparse_scheduler(sparsity_config: dict[str, Any]):
-    """Build a sparse scheduler from the MSBench-style config dict.
+def build_sparse_scheduler(sparsity_config: Mapping[str, Any] | str | os.PathLike):
+    """Build a sparse scheduler from the MSBench-style config.
 
     Args:
         sparsity_config: ``dict(scheduler=dict(type, kwargs),
             mask_generator=dict(type, kwargs), fake_sparse=dict(type, kwargs),
             leaf_module=[...])``; ``mask_generator`` / ``fake_sparse`` default
-            to what the scheduler needs.
+            to what the scheduler needs. Also a YAML path, or UP's layout (a
+            top-level ``sparsity`` block with ``leaf_module`` beside it), see
+            :func:`~mmrazor_ext.sparsity.config.load_sparsity_yaml`. YAML
+            text is converted where the schema wants another type
+            (``total_iters: None`` -> None, ``'10'`` -> 10).
 
     Returns:
         A scheduler instance; call ``prepare_sparse_model(model)`` next.
@@ -40,27 +48,37 @@ def build_sparse_scheduler(sparsity_config: dict[str, Any]):
         SparsityConfigError: Unknown key, wrong type or invalid value; the
             message names the key (e.g. ``scheduler.kwargs.sparsity_table``).
     """
-    if not isinstance(sparsity_config, dict):
+    if isinstance(sparsity_config, (str, os.PathLike)) or (
+            isinstance(sparsity_config, Mapping) and 'sparsity' in sparsity_config):
+        sparsity_config = load_sparsity_yaml(sparsity_config)
+    if not isinstance(sparsity_config, Mapping):
         raise SparsityConfigError(
-            f'sparsity_config: must be a dict, got {type(sparsity_config).__name__}')
+            'sparsity_config: must be a dict or a YAML path, got '
+            f'{type(sparsity_config).__name__}')
+    checked = {}
     for key, value in sparsity_config.items():
         if key not in TOP_LEVEL_KEYS:
             raise SparsityConfigError(
                 f'{key}: unknown key in sparsity_config; allowed keys: '
                 f'{", ".join(TOP_LEVEL_KEYS)}')
-        if not _type_ok(value, TOP_LEVEL_KEYS[key]):
+        value = coerce_value(value, TOP_LEVEL_KEYS[key])
+        if not type_ok(value, TOP_LEVEL_KEYS[key]):
             raise SparsityConfigError(
-                f'{key}: expected {_type_names(TOP_LEVEL_KEYS[key])}, got '
+                f'{key}: expected {type_names(TOP_LEVEL_KEYS[key])}, got '
                 f'{type(value).__name__}')
+        checked[key] = value
+    sparsity_config = checked
     if 'scheduler' not in sparsity_config:
         raise SparsityConfigError('scheduler: missing from sparsity_config')
 
     sched_type, sched_kwargs = check_component(sparsity_config['scheduler'],
                                                'scheduler')
     sched_cls = _lookup(SPARSE_SCHEDULERS, sched_type, 'scheduler.type')
-    # Validate before building so the message carries the config path.
-    validate_kwargs(sched_kwargs, sched_cls.ARGS, 'scheduler.kwargs',
-                    sched_cls.__name__)
+    # Validate before building so the message carries the config path; the
+    # scheduler gets the converted values (YAML text such as 'None').
+    checked = validate_kwargs(sched_kwargs, sched_cls.ARGS, 'scheduler.kwargs',
+                              sched_cls.__name__)
+    sched_kwargs = {k: checked[k] for k in sched_kwargs}
 
     gen_cfg = sparsity_config.get(
         'mask_generator', {'type': sched_cls.default_mask_generator})

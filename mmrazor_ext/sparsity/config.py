@@ -9,8 +9,18 @@ The accepted format (seeds/002)::
 
 Every key is checked: a typo or a wrong type is an error that names the key,
 because a silently ignored sparsity setting wastes a whole training run.
+
+YAML text is read as MSBench / UP wrote it (seeds/001): PyYAML reads
+``total_iters: None`` as the string ``'None'`` and ``5e-1`` as a string, so
+a string where the schema wants None, a number or a bool is converted
+(``'None'`` / ``'null'`` / ``'~'`` -> None, ``'10'`` -> 10, ``'5e-1'`` ->
+0.5, ``'true'`` -> True); one that does not convert is an error naming the
+key. :func:`load_sparsity_yaml` also accepts UP's layout, a top-level
+``sparsity:`` block with a sibling ``leaf_module:`` list.
 """
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +53,17 @@ class Arg:
         return self.default is _MISSING
 
 
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+def type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    """Whether ``value`` is one of ``types`` (an int counts as a float, a
+    bool never counts as a number).
+
+    Args:
+        value: The configured value.
+        types: Accepted types; ``type(None)`` accepts None.
+
+    Returns:
+        True when the value is accepted.
+    """
     if value is None:
         return type(None) in types
     if isinstance(value, bool):
@@ -53,8 +73,61 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _type_names(types: tuple[type, ...]) -> str:
+def type_names(types: tuple[type, ...]) -> str:
+    """``'int | None'``: the accepted types, for error messages."""
     return ' | '.join('None' if t is type(None) else t.__name__ for t in types)
+
+
+#: Strings that mean None where the schema allows None (YAML ``None``,
+#: ``null`` and ``~``; PyYAML reads only the last two as None).
+NONE_STRINGS = frozenset({'None', 'none', 'NONE', 'null', 'Null', 'NULL', '~'})
+
+
+def coerce_value(value: Any, types: tuple[type, ...]) -> Any:
+    """Convert YAML / command-line text to the type a schema wants.
+
+    Only strings are converted, and only to a type the schema accepts while
+    ``str`` is not accepted (a path or a name stays a string), except that a
+    None string becomes None wherever None is accepted.
+
+    Args:
+        value: The configured value.
+        types: The schema's accepted types.
+
+    Returns:
+        ``None`` for ``'None'`` / ``'null'`` / ``'~'``; an int, float or bool
+        for its text (``'10'``, ``'5e-1'``, ``'true'``); else ``value``
+        unchanged (the type check then names the key).
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if type(None) in types and text in NONE_STRINGS:
+        return None
+    if str in types:
+        return value
+    if int in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if float in types:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    if bool in types and text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    return value
+
+
+def _type_error(where: str, value: Any, types: tuple[type, ...]) -> str:
+    hint = ' (text that is not a number)' if isinstance(value, str) and (
+        int in types or float in types) else ''
+    return (f'{where}: expected {type_names(types)}, got '
+            f'{type(value).__name__} ({value!r}){hint}')
 
 
 def validate_kwargs(kwargs: Any, schema: dict[str, Arg], where: str,
@@ -68,7 +141,8 @@ def validate_kwargs(kwargs: Any, schema: dict[str, Arg], where: str,
         owner: Class the kwargs belong to, used in messages.
 
     Returns:
-        A new dict with every schema key.
+        A new dict with every schema key; YAML text is converted as
+        :func:`coerce_value` does.
 
     Raises:
         SparsityConfigError: On an unknown key, a missing required key, a
@@ -86,10 +160,10 @@ def validate_kwargs(kwargs: Any, schema: dict[str, Arg], where: str,
                 f'{where}.{key}: unknown key for {owner}; allowed keys: '
                 f'{", ".join(sorted(schema)) or "(none)"}')
         arg = schema[key]
-        if not _type_ok(value, arg.types):
+        value = coerce_value(value, arg.types)
+        if not type_ok(value, arg.types):
             raise SparsityConfigError(
-                f'{where}.{key}: expected {_type_names(arg.types)}, got '
-                f'{type(value).__name__} ({value!r})')
+                _type_error(f'{where}.{key}', value, arg.types))
         if arg.check is not None:
             msg = arg.check(value)
             if msg:
@@ -113,6 +187,8 @@ def check_sparsity_table(table) -> str | None:
     if len(table) == 0:
         return 'must contain at least one entry'
     for v in table:
+        if isinstance(v, str):
+            return f'entries must be numbers, got the string {v!r} (unquote it)'
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f'entries must be numbers, got {v!r}'
         if not 0 <= v < 100:
@@ -187,19 +263,160 @@ COMPONENT_KEYS = {'type': (str,), 'kwargs': (dict, type(None))}
 
 
 def check_component(cfg: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """Validate ``dict(type=..., kwargs=...)`` and return ``(type, kwargs)``."""
+    """Validate ``dict(type=..., kwargs=...)`` and return ``(type, kwargs)``.
+
+    Args:
+        cfg: The component config (``kwargs: None`` means no kwargs).
+        where: Its key in the config (``'scheduler'``), used in messages.
+
+    Returns:
+        The type name and a new kwargs dict.
+
+    Raises:
+        SparsityConfigError: Not a dict, an unknown key, a wrong type or no
+            ``type``.
+    """
     if not isinstance(cfg, dict):
         raise SparsityConfigError(
             f'{where}: must be a dict with "type" and optional "kwargs", got '
             f'{type(cfg).__name__}')
+    out = {}
     for key, value in cfg.items():
         if key not in COMPONENT_KEYS:
             raise SparsityConfigError(
                 f'{where}.{key}: unknown key; allowed keys: type, kwargs')
-        if not _type_ok(value, COMPONENT_KEYS[key]):
+        value = coerce_value(value, COMPONENT_KEYS[key])
+        if not type_ok(value, COMPONENT_KEYS[key]):
             raise SparsityConfigError(
-                f'{where}.{key}: expected {_type_names(COMPONENT_KEYS[key])}, '
-                f'got {type(value).__name__}')
-    if 'type' not in cfg:
+                _type_error(f'{where}.{key}', value, COMPONENT_KEYS[key]))
+        out[key] = value
+    if 'type' not in out:
         raise SparsityConfigError(f'{where}.type: missing')
-    return cfg['type'], dict(cfg.get('kwargs') or {})
+    return out['type'], dict(out.get('kwargs') or {})
+
+
+# --- YAML / UP layout ----------------------------------------------------------
+#: Sibling keys of ``sparsity:`` in UP's layout that are read with it.
+UP_SIBLING_KEYS = ('leaf_module',)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings (an mmengine ``ConfigDict`` too) as plain dicts, recursively."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def read_yaml_mapping(path: str | os.PathLike, where: str = 'sparsity_config'
+                      ) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping.
+
+    Args:
+        path: The YAML file.
+        where: What the file is, used in messages.
+
+    Returns:
+        The parsed mapping (an empty file is ``{}``).
+
+    Raises:
+        FileNotFoundError: No such file.
+        SparsityConfigError: A tab in an indentation (YAML indents with
+            spaces only; the message names the line), invalid YAML, or a
+            document that is not a mapping.
+    """
+    import yaml
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{where}: YAML file not found: {path}')
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        indent = line[:len(line) - len(line.lstrip(' \t'))]
+        if '\t' in indent and line.strip() and not line.lstrip().startswith('#'):
+            raise SparsityConfigError(
+                f'{where}: {path}, line {lineno}: a tab in the indentation; '
+                'YAML indents with spaces only (replace the tab)')
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SparsityConfigError(f'{where}: {path} is not valid YAML: {err}'
+                                  ) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SparsityConfigError(
+            f'{where}: {path} must hold a mapping, got {type(data).__name__}')
+    return data
+
+
+def load_sparsity_yaml(source: str | os.PathLike | Mapping,
+                       extra_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The MSBench ``sparsity_config`` dict of a YAML file or a dict.
+
+    Two layouts are accepted:
+
+    * MSBench's (seeds/002): ``mask_generator`` / ``fake_sparse`` /
+      ``scheduler`` / ``leaf_module`` at the top;
+    * UP's (seeds/001): a top-level ``sparsity:`` block holding those keys,
+      with ``leaf_module:`` beside it (or inside it)::
+
+          sparsity:
+            scheduler:
+              type: AmbaLevelPruneScheduler
+              kwargs:
+                total_iters: None
+                sparsity_table: [30, 50, 70]
+          leaf_module: [Space2Depth, FrozenBatchNorm2d]
+
+    Values are not validated here: :func:`build_sparse_scheduler` does it
+    (and converts YAML text such as ``None``, see :func:`coerce_value`).
+
+    Args:
+        source: A YAML path, or the parsed mapping (a dict or ``Config``).
+        extra_keys: Top-level keys the caller reads itself (e.g. a Knight
+            YAML's ``app_args``); they are left out of the result.
+
+    Returns:
+        A new plain dict in MSBench's layout.
+
+    Raises:
+        FileNotFoundError: ``source`` names no file.
+        SparsityConfigError: Unreadable YAML, not a mapping, ``sparsity`` not
+            a mapping, ``leaf_module`` given twice with different values, or
+            a key beside ``sparsity`` that is neither ``leaf_module`` nor in
+            ``extra_keys`` (the message names it).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        data = read_yaml_mapping(source)
+    elif isinstance(source, Mapping):
+        data = _plain(source)
+    else:
+        raise SparsityConfigError(
+            'sparsity_config: must be a dict or a YAML path, got '
+            f'{type(source).__name__}')
+    extra = set(extra_keys)
+    data = {k: v for k, v in data.items() if k not in extra}
+    if 'sparsity' not in data:
+        return data
+    block = data.pop('sparsity')
+    if not isinstance(block, dict):
+        raise SparsityConfigError(
+            'sparsity: must be a mapping (mask_generator, fake_sparse, '
+            f'scheduler, leaf_module), got {type(block).__name__}')
+    for key in data:
+        if key not in UP_SIBLING_KEYS:
+            raise SparsityConfigError(
+                f'{key}: unknown key beside sparsity; only '
+                f'{", ".join(UP_SIBLING_KEYS)} is read with it')
+    out = dict(block)
+    if 'leaf_module' in data:
+        if 'leaf_module' in out and out['leaf_module'] != data['leaf_module']:
+            raise SparsityConfigError(
+                'leaf_module: given both inside and beside sparsity, with '
+                f'different values ({out["leaf_module"]!r} and '
+                f'{data["leaf_module"]!r}); keep one')
+        out['leaf_module'] = data['leaf_module']
+    return out

@@ -24,6 +24,8 @@ class FakeSparse(nn.Module):
     """
 
     ARGS = {}
+    #: scheduler class names that can drive this module (None: any).
+    scheduler_types: tuple[str, ...] | None = None
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
@@ -91,6 +93,8 @@ class ProbMaskFakeSparse(FakeSparse):
 
     ARGS = {'init_prob': Arg((float,), 1.0, check_positive,
                              'initial keep probability')}
+    # Its hard mask and temperature are set by ProbMaskScheduler only.
+    scheduler_types = ('ProbMaskScheduler',)
 
     def __init__(self, weight: torch.Tensor, init_prob: float = 1.0):
         super().__init__(weight)

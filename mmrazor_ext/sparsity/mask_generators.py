@@ -209,6 +209,9 @@ class NormalMaskGenerator:
 
     ARGS = {}
     fake_sparse_types = ('FakeSparse',)
+    #: scheduler class names that can drive this generator (None: any); a
+    #: scheduler checks it when built (``BaseScheduler.__init__``).
+    scheduler_types: tuple[str, ...] | None = None
 
     def magnitude(self, weight, sparsity):
         return magnitude_mask(weight, sparsity)
@@ -241,6 +244,9 @@ class ProbMaskGenerator(NormalMaskGenerator):
     """Global keep-probability projection and hard top-k masks (ProbMask)."""
 
     fake_sparse_types = ('ProbMaskFakeSparse',)
+    # Only ProbMaskScheduler projects the scores onto the budget and sets
+    # the hard masks; under another scheduler nothing would ever be pruned.
+    scheduler_types = ('ProbMaskScheduler',)
 
     def project(self, scores: list[torch.Tensor], keep: float) -> None:
         project_to_budget(scores, keep)

@@ -56,6 +56,11 @@ class ProbMaskScheduler(BaseScheduler):
                 f'got {self.cfg["ramp_start"]}, {self.cfg["ramp_end"]}')
         self.total_iters = self.cfg['total_iters']
 
+    def extra_param_group(self) -> dict:
+        # No weight decay on the keep probabilities: the projection onto the
+        # global budget sets their scale.
+        return {'weight_decay': 0.0}
+
     def current_sparsity(self, cur_iter: int) -> float:
         """Cubic ramp of the global sparsity budget."""
         total = self._total()

@@ -1,8 +1,9 @@
 """Pareto-front plot of a subnet search (accuracy vs FLOPs)."""
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
+
+from mmrazor_ext.utils.io import atomic_write
 
 __all__ = ['plot_pareto']
 
@@ -52,9 +53,8 @@ def plot_pareto(records: Sequence[Mapping], front: Sequence[int], path: str,
     ax.grid(alpha=0.3)
     ax.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.png'
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, dpi=120, format='png'))
+    finally:
+        plt.close(fig)
     return path

@@ -9,8 +9,6 @@
 #   small batches, no worker processes); set DATA_ROOT to a small data set.
 set -euo pipefail
 # ---- paths and knobs --------------------------------------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA_ROOT="${DATA_ROOT:-data/fashion_mnist}"
 DEPTH="${DEPTH:-20}"                       # 20 (small budget) or 56 (paper)
 BASE_CONFIG="configs/baselines/resnet${DEPTH}_1xb128_fashionmnist.py"
@@ -25,25 +23,26 @@ METHOD="${METHOD:-}"                        # l1-rank / stochastic-l1-rank /
 QUICK="${QUICK:-0}"
 NGPUS="${1:-1}"
 # -----------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 cd "$ROOT"
-DATA="train_dataloader.dataset.data_root=$DATA_ROOT val_dataloader.dataset.data_root=$DATA_ROOT test_dataloader.dataset.data_root=$DATA_ROOT"
-BASE_EXTRA=""
-EXTRA=""
+data_root_opts "$DATA_ROOT"
+BASE_EXTRA=()
+EXTRA=()
 if [ "$QUICK" = "1" ]; then
-    SMALL="train_dataloader.batch_size=8 train_dataloader.num_workers=0 train_dataloader.persistent_workers=False val_dataloader.num_workers=0 val_dataloader.persistent_workers=False test_dataloader.num_workers=0 test_dataloader.persistent_workers=False default_hooks.logger.interval=1"
-    BASE_EXTRA="$SMALL train_cfg.max_epochs=1 param_scheduler.end=1"
-    EXTRA="$SMALL model.amc_cfg.ddpg_cfg.warmup=2 model.amc_cfg.ddpg_cfg.num_training_episodes=2 model.amc_cfg.ddpg_cfg.bsize=16 model.calib_batches=2 model.reward_batches=2 model.bn_recalib_batches=2"
+    tiny_loader_opts 8
+    SMALL=("${TINY_LOADER_OPTS[@]}" default_hooks.logger.interval=1)
+    BASE_EXTRA=("${SMALL[@]}" train_cfg.max_epochs=1 param_scheduler.end=1)
+    EXTRA=("${SMALL[@]}" model.amc_cfg.ddpg_cfg.warmup=2
+           model.amc_cfg.ddpg_cfg.num_training_episodes=2
+           model.amc_cfg.ddpg_cfg.bsize=16 model.calib_batches=2
+           model.reward_batches=2 model.bn_recalib_batches=2)
     if [ ! -f "$BASE_CKPT" ]; then BASE_CKPT="$BASE_WORK_DIR/epoch_1.pth"; fi
 fi
-if [ -n "$METHOD" ]; then EXTRA="$EXTRA model.amc_cfg.pruning_method=$METHOD"; fi
-run() {  # run CONFIG ARGS... on NGPUS processes
-    if [ "$NGPUS" -gt 1 ]; then bash tools/dist_train.sh "$1" "$NGPUS" "${@:2}";
-    else "$PYTHON" tools/train.py "$@"; fi
-}
-if [ ! -f "$BASE_CKPT" ]; then
-    run "$BASE_CONFIG" --work-dir "$BASE_WORK_DIR" --cfg-options $DATA $BASE_EXTRA
-fi
-run "$AMC_CONFIG" --work-dir "$WORK_DIR" --cfg-options $DATA $EXTRA \
+if [ -n "$METHOD" ]; then EXTRA+=("model.amc_cfg.pruning_method=$METHOD"); fi
+train_unless_done "$BASE_CKPT" "$BASE_CONFIG" "$BASE_WORK_DIR" \
+    "${BASE_EXTRA[@]}"
+run_train "$AMC_CONFIG" --work-dir "$WORK_DIR" --cfg-options \
+    "${DATA_OPTS[@]}" "${EXTRA[@]}" \
     model.init_checkpoint="$BASE_CKPT" \
     model.amc_cfg.target_density="$TARGET_DENSITY" \
     model.amc_cfg.protocol="$PROTOCOL"

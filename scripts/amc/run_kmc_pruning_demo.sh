@@ -4,8 +4,6 @@
 # Usage: [QUICK=1] [PRETRAINED=ckpt] bash scripts/amc/run_kmc_pruning_demo.sh
 set -euo pipefail
 # ---- paths and knobs --------------------------------------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA_ROOT="${DATA_ROOT:-data/fashion_mnist}"
 CONFIG="${CONFIG:-examples/kmc/resnet_cifar/pruning_config.yaml}"
 WORK_DIR="${WORK_DIR:-work_dirs/kmc_pruning_demo}"
@@ -13,6 +11,7 @@ PRETRAINED="${PRETRAINED:-}"     # trained ResNet-20; empty: train a baseline
 EPOCHS="${EPOCHS:-1}"            # fine-tune epochs
 QUICK="${QUICK:-0}"
 # -----------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON
 cd "$ROOT"
 ARGS=(--data-dir "$DATA_ROOT" --config "$CONFIG" --work-dir "$WORK_DIR"
       --epochs "$EPOCHS")

@@ -11,8 +11,6 @@
 #                 then `quick_retrain` trains a subnet of that search
 set -euo pipefail
 # ---- paths and knobs (override from the environment) -------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA_ROOT="${DATA_ROOT:-data/fashion_mnist}"
 TRAIN_CONFIG="configs/autoslim/autoslim_resnet20_1xb128_fashionmnist.py"
 SEARCH_CONFIG="configs/autoslim/autoslim_search_resnet20_1xb128_fashionmnist.py"
@@ -32,20 +30,15 @@ RETRAIN_TARGET="${RETRAIN_TARGET:-0.50}"
 RETRAIN_EPOCHS="${RETRAIN_EPOCHS:-3}"
 NGPUS="${NGPUS:-1}"
 # -------------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 MODE="${1:-all}"
 cd "$ROOT"
-DATA=("train_dataloader.dataset.data_root=$DATA_ROOT"
-      "val_dataloader.dataset.data_root=$DATA_ROOT"
-      "test_dataloader.dataset.data_root=$DATA_ROOT")
+data_root_opts "$DATA_ROOT"
 TRAIN_OPTS=() SEARCH_OPTS=() RETRAIN_OPTS=() SEARCH_BATCH=128
 if [ "$MODE" = quick ] || [ "$MODE" = quick_retrain ]; then
     # tiny data: small batches, no worker processes, one epoch, coarse search
-    LOADERS=(train_dataloader.batch_size=16 train_dataloader.num_workers=0
-             train_dataloader.persistent_workers=False
-             val_dataloader.num_workers=0 val_dataloader.persistent_workers=False
-             test_dataloader.num_workers=0
-             test_dataloader.persistent_workers=False
-             default_hooks.logger.interval=1)
+    tiny_loader_opts 16
+    LOADERS=("${TINY_LOADER_OPTS[@]}" default_hooks.logger.interval=1)
     EPOCHS=1 STEP=0.34 BN_BATCHES=1 HELDOUT_BATCHES=1 SEARCH_BATCH=8
     TRAIN_OPTS=("${LOADERS[@]}" param_scheduler.pct_start=0.5)
     SEARCH_OPTS=("${LOADERS[@]}")
@@ -54,22 +47,18 @@ if [ "$MODE" = quick ] || [ "$MODE" = quick_retrain ]; then
 fi
 SUPERNET="$WORK_DIR/epoch_${EPOCHS}.pth"
 
-run() {  # run CONFIG ARGS... (NGPUS processes through torchrun)
-    if [ "$NGPUS" -gt 1 ]; then bash tools/dist_train.sh "$1" "$NGPUS" "${@:2}";
-    else "$PYTHON" tools/train.py "$@"; fi
-}
 do_train() {
     local init=()
     [ -n "$INIT_CKPT" ] && init=("model.init_checkpoint=$INIT_CKPT")
-    run "$TRAIN_CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA[@]}" \
+    run_train "$TRAIN_CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTS[@]}" \
         "${TRAIN_OPTS[@]}" train_cfg.max_epochs="$EPOCHS" \
-        param_scheduler.end="$EPOCHS" model.min_ratio="$MIN_RATIO" "${init[@]}"
+        param_scheduler.end="$EPOCHS" model.min_keep_ratio="$MIN_RATIO" "${init[@]}"
 }
 do_search() {
     # single process: the search is deterministic and cheap next to training
     "$PYTHON" tools/train.py "$SEARCH_CONFIG" --work-dir "$SEARCH_WORK_DIR" \
-        --cfg-options "${DATA[@]}" "${SEARCH_OPTS[@]}" \
-        model.init_checkpoint="$SUPERNET" model.min_ratio="$MIN_RATIO" \
+        --cfg-options "${DATA_OPTS[@]}" "${SEARCH_OPTS[@]}" \
+        model.init_checkpoint="$SUPERNET" model.min_keep_ratio="$MIN_RATIO" \
         "train_cfg.target_flops_ratios=$TARGETS" train_cfg.step="$STEP" \
         train_cfg.bn_batches="$BN_BATCHES" train_cfg.heldout="$HELDOUT" \
         train_cfg.heldout_batches="$HELDOUT_BATCHES" \
@@ -77,8 +66,8 @@ do_search() {
     echo "search results: $SEARCH_WORK_DIR/autoslim_search.json"
 }
 do_retrain() {
-    run "$RETRAIN_CONFIG" --work-dir "$RETRAIN_WORK_DIR" --cfg-options \
-        "${DATA[@]}" "${RETRAIN_OPTS[@]}" \
+    run_train "$RETRAIN_CONFIG" --work-dir "$RETRAIN_WORK_DIR" --cfg-options \
+        "${DATA_OPTS[@]}" "${RETRAIN_OPTS[@]}" \
         model.init_checkpoint="$SEARCH_WORK_DIR/supernet.pth" \
         model.subnet="$SEARCH_WORK_DIR/subnet_flops${RETRAIN_TARGET}.json" \
         train_cfg.max_epochs="$RETRAIN_EPOCHS" param_scheduler.end="$RETRAIN_EPOCHS"

@@ -15,8 +15,6 @@
 # Usage: bash scripts/fusion/run_fusion_cifar_resnet18.sh MODE [NGPUS]
 set -euo pipefail
 # ---- paths and knobs --------------------------------------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA_ROOT="${DATA_ROOT:-data/cifar10}"
 BASE_CONFIG="configs/baselines/resnet56_1xb128_cifar10.py"
 FUSION_CONFIG="configs/fusion/fusion_resnet56_1xb128_cifar10.py"
@@ -32,25 +30,22 @@ MERGE_TOL="${MERGE_TOL:-0.25}"
 MODE="${1:?usage: $0 MODE [NGPUS]}"
 NGPUS="${2:-1}"
 # -----------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 cd "$ROOT"
-DATA="train_dataloader.dataset.data_root=$DATA_ROOT val_dataloader.dataset.data_root=$DATA_ROOT test_dataloader.dataset.data_root=$DATA_ROOT"
+data_root_opts "$DATA_ROOT"
 ALGO_ARCH="${ARCH_OPTS//model./model.architecture.}"
-run() {  # run CONFIG ARGS... on NGPUS processes
-    if [ "$NGPUS" -gt 1 ]; then bash tools/dist_train.sh "$1" "$NGPUS" "${@:2}";
-    else "$PYTHON" tools/train.py "$@"; fi
-}
 FUSION_OPTS="model.init_checkpoint=$CKPT model.metric.type=$METRIC model.target.mode=num_blocks model.target.num=$NUM_BLOCKS"
 case "$MODE" in
   test_fusion_init)
     "$PYTHON" - "$FUSION_CONFIG" $ALGO_ARCH <<'PY'
 import sys
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmrazor_ext.registry import MODELS, register_all_modules
+from mmrazor_ext.utils.config import parse_cfg_options
 register_all_modules()
 cfg = Config.fromfile(sys.argv[1])
-cfg.merge_from_dict({k: DictAction._parse_iterable(v)
-                     for k, v in (a.split('=', 1) for a in sys.argv[2:])})
+cfg.merge_from_dict(parse_cfg_options(sys.argv[2:]))
 cfg.model.init_checkpoint = None
 algo = MODELS.build(cfg.model)
 blocks = algo.blocks()
@@ -70,22 +65,22 @@ print(f'{len(blocks.removable)}/{len(blocks.blocks)} removable; FLOPs '
 PY
     ;;
   baseline)
-    run "$BASE_CONFIG" --work-dir "$BASE_WORK_DIR" --cfg-options $DATA \
+    run_train "$BASE_CONFIG" --work-dir "$BASE_WORK_DIR" --cfg-options "${DATA_OPTS[@]}" \
         $ARCH_OPTS ;;
   importance)
     "$PYTHON" tools/analysis/layer_importance.py "$BASE_CONFIG" "$CKPT" \
-        --out-dir "$WORK_DIR/layer_importance" --cfg-options $DATA $ARCH_OPTS ;;
+        --out-dir "$WORK_DIR/layer_importance" --cfg-options "${DATA_OPTS[@]}" $ARCH_OPTS ;;
   fusion)
-    run "$FUSION_CONFIG" --work-dir "$WORK_DIR" --cfg-options $DATA \
+    run_train "$FUSION_CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTS[@]}" \
         $ALGO_ARCH $FUSION_OPTS ;;
   fusion_channel)
-    run "$FUSION_CONFIG" --work-dir "$WORK_DIR/channel" --cfg-options $DATA \
+    run_train "$FUSION_CONFIG" --work-dir "$WORK_DIR/channel" --cfg-options "${DATA_OPTS[@]}" \
         $ALGO_ARCH $FUSION_OPTS \
         model.channel_pruning.metric.type=l1 \
         model.channel_pruning.target.mode=flops \
         model.channel_pruning.target.ratio="$CHANNEL_RATIO" ;;
   fusion_merge)
-    run "$FUSION_CONFIG" --work-dir "$WORK_DIR/merge" --cfg-options $DATA \
+    run_train "$FUSION_CONFIG" --work-dir "$WORK_DIR/merge" --cfg-options "${DATA_OPTS[@]}" \
         $ALGO_ARCH $FUSION_OPTS model.merging.linear_tol="$MERGE_TOL" ;;
   export_onnx)
     "$PYTHON" tools/deploy/export_onnx.py "$BASE_CONFIG" \

@@ -10,8 +10,7 @@
 #   quick                                           all, in seconds, on tiny
 #                                                   data (tests, smoke runs)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 N_TRIALS="${N_TRIALS:-100}"
 WORKERS="${WORKERS:-1}"
 TARGET="${TARGET:-0.50}"
@@ -25,22 +24,11 @@ hybrid_main() {
     TRAIN_WORK_DIR="${TRAIN_WORK_DIR:-work_dirs/$(basename "$TRAIN_CONFIG" .py)}"
     # results are written next to the searched checkpoint (seed convention)
     SUBNET_JSON="${SUBNET_JSON:-$(dirname "$CKPT")/subnet_flops${TARGET}.json}"
-    local data=(
-        "train_dataloader.dataset.data_root=$DATA_ROOT"
-        "val_dataloader.dataset.data_root=$DATA_ROOT"
-        "test_dataloader.dataset.data_root=$DATA_ROOT")
-    # extra dataset options, e.g. "train_dataloader.dataset.verify_md5=False"
-    local extra=()
-    read -r -a extra <<< "${DATA_EXTRA:-}"
-    data+=("${extra[@]}")
+    data_root_opts "$DATA_ROOT"   # + DATA_EXTRA, extra dataset options
     local base_opts=() search_opts=() train_opts=()
     if [ "$mode" = quick ]; then
-        local loaders=(
-            train_dataloader.batch_size=8 train_dataloader.num_workers=0
-            train_dataloader.persistent_workers=False
-            val_dataloader.num_workers=0 val_dataloader.persistent_workers=False
-            test_dataloader.num_workers=0
-            test_dataloader.persistent_workers=False)
+        tiny_loader_opts 8
+        local loaders=("${TINY_LOADER_OPTS[@]}")
         base_opts=("${loaders[@]}" train_cfg.max_epochs="$BASE_EPOCHS"
                    param_scheduler.end="$BASE_EPOCHS")
         search_opts=("${loaders[@]}" train_cfg.bn_batches=2
@@ -51,29 +39,25 @@ hybrid_main() {
         N_TRIALS="${QUICK_TRIALS:-20}"
         mode=all
     fi
-    run() {  # run CONFIG ARGS... (NGPUS processes through torchrun)
-        if [ "$NGPUS" -gt 1 ]; then bash tools/dist_train.sh "$1" "$NGPUS" "${@:2}";
-        else "$PYTHON" tools/train.py "$@"; fi
-    }
     case "$mode" in
         search|test_search_geatpy_discrete_inference|all) ;;
         train) ;;
         *) echo "unknown mode '$mode' (search, test_search_geatpy_discrete_inference, train, all, quick)" >&2; exit 2 ;;
     esac
     if [ "$mode" = all ] && [ ! -f "$CKPT" ]; then
-        run "$BASE_CONFIG" --work-dir "$BASE_WORK_DIR" \
-            --cfg-options "${data[@]}" "${base_opts[@]}"
+        run_train "$BASE_CONFIG" --work-dir "$BASE_WORK_DIR" \
+            --cfg-options "${DATA_OPTS[@]}" "${base_opts[@]}"
     fi
     if [ "$mode" != train ]; then
         "$PYTHON" tools/search.py "$SEARCH_CONFIG" --workers "$WORKERS" \
-            --work-dir "$SEARCH_WORK_DIR" --cfg-options "${data[@]}" \
+            --work-dir "$SEARCH_WORK_DIR" --cfg-options "${DATA_OPTS[@]}" \
             "${search_opts[@]}" model.init_checkpoint="$CKPT" \
             train_cfg.n_trials="$N_TRIALS" "train_cfg.targets=[$TARGET]"
         echo "search results: $(dirname "$CKPT")/search_results.json"
     fi
     if [ "$mode" != search ] && [ "$mode" != test_search_geatpy_discrete_inference ]; then
-        run "$TRAIN_CONFIG" --work-dir "$TRAIN_WORK_DIR" \
-            --cfg-options "${data[@]}" "${train_opts[@]}" \
+        run_train "$TRAIN_CONFIG" --work-dir "$TRAIN_WORK_DIR" \
+            --cfg-options "${DATA_OPTS[@]}" "${train_opts[@]}" \
             model.init_checkpoint="$CKPT" model.subnet="$SUBNET_JSON"
         echo "trained subnet: $TRAIN_WORK_DIR"
     fi

@@ -11,14 +11,13 @@
 #   DATA_EXTRA (extra --cfg-options for the datasets).
 set -euo pipefail
 # ---- paths and knobs --------------------------------------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 CONFIG="configs/hybrid_search/hybrid_train_resnet18_8xb32_in1k.py"
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 CKPT="${CKPT:-}"
 WORK_DIR="${WORK_DIR:-work_dirs/hybrid_train_resnet18_8xb32_in1k}"
 EPOCHS="${EPOCHS:-100}"
 # -----------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 if [ $# -ne 3 ]; then
     echo "usage: $0 GPU_IDS JSON_PATH NGPUS" >&2; exit 2
 fi
@@ -28,32 +27,18 @@ if [ ! -f "$JSON_PATH" ]; then
 fi
 cd "$ROOT"
 export CUDA_VISIBLE_DEVICES="$GPU_IDS"
-opts=(
-    "train_dataloader.dataset.data_root=$DATA_ROOT"
-    "val_dataloader.dataset.data_root=$DATA_ROOT"
-    "test_dataloader.dataset.data_root=$DATA_ROOT"
-    "model.subnet=$JSON_PATH"
-    "train_cfg.max_epochs=$EPOCHS")
+data_root_opts "$DATA_ROOT"
+opts=("model.subnet=$JSON_PATH" "train_cfg.max_epochs=$EPOCHS")
 if [ -n "$CKPT" ]; then
     opts+=("model.init_checkpoint=$CKPT")
 else
     opts+=("model.from_scratch=True")
 fi
 if [ "${QUICK:-0}" = 1 ]; then
-    opts+=(train_dataloader.batch_size=2 train_dataloader.num_workers=0
-           train_dataloader.persistent_workers=False
-           val_dataloader.batch_size=2 val_dataloader.num_workers=0
-           val_dataloader.persistent_workers=False
+    tiny_loader_opts 2
+    opts+=("${TINY_LOADER_OPTS[@]}" val_dataloader.batch_size=2
            train_cfg.max_epochs=1 param_scheduler.end=1)
 fi
-extra=()
-read -r -a extra <<< "${DATA_EXTRA:-}"
-opts+=("${extra[@]}")
-if [ "$NGPUS" -gt 1 ]; then
-    bash tools/dist_train.sh "$CONFIG" "$NGPUS" --work-dir "$WORK_DIR" \
-        --cfg-options "${opts[@]}"
-else
-    "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" \
-        --cfg-options "${opts[@]}"
-fi
+run_train "$CONFIG" --work-dir "$WORK_DIR" \
+    --cfg-options "${DATA_OPTS[@]}" "${opts[@]}"
 echo "trained subnet: $WORK_DIR"

@@ -3,18 +3,12 @@
 # Usage: bash scripts/pruning/run_iterative_fashionmnist_resnet20.sh [NGPUS] [--resume]
 set -euo pipefail
 # ---- paths and knobs --------------------------------------------------------
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 CONFIG="configs/pruning/iter_cdp_resnet20_1xb128_fashionmnist.py"
 CHECKPOINT="${CHECKPOINT:-work_dirs/resnet20_1xb128_fashionmnist/epoch_3.pth}"
 WORK_DIR="${WORK_DIR:-work_dirs/iter_cdp_resnet20_1xb128_fashionmnist}"
 NGPUS="${1:-1}"
 # -----------------------------------------------------------------------------
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"   # ROOT, PYTHON, run_train
 cd "$ROOT"
-if [ "$NGPUS" -gt 1 ]; then
-    bash tools/dist_train.sh "$CONFIG" "$NGPUS" --work-dir "$WORK_DIR" "${@:2}" \
-        --cfg-options model.init_checkpoint="$CHECKPOINT"
-else
-    "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${@:2}" \
-        --cfg-options model.init_checkpoint="$CHECKPOINT"
-fi
+run_train "$CONFIG" --work-dir "$WORK_DIR" "${@:2}" \
+    --cfg-options model.init_checkpoint="$CHECKPOINT"

@@ -8,13 +8,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
+from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
 
 
 def parse_args(argv=None):
@@ -27,9 +25,7 @@ def parse_args(argv=None):
                         help='input channels (default: from the config)')
     parser.add_argument('--no-layers', action='store_true',
                         help='print totals only')
-    from mmengine.config import DictAction
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='key=value overrides of the config')
+    add_cfg_options_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -63,8 +59,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
     from mmrazor_ext.estimators import get_model_complexity
     model = build_model(cfg)
     x = default_input(cfg, args.shape, args.in_channels)

@@ -16,13 +16,11 @@ Example::
         --input-shape 1 1 28 28 --json report.json
 """
 import argparse
-import json
-import os.path as osp
 import sys
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mmrazor_ext.utils import atomic_write_json
 
 MASK = '.weight_fake_sparse.mask'
 STR_S = '.weight_fake_sparse.s'
@@ -39,14 +37,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+class ReportError(ValueError):
+    """The input cannot be reported on; the message names the file."""
+
+
 def load_state(path):
-    """The state_dict and the whole checkpoint dict."""
+    """The state_dict and the whole checkpoint dict.
+
+    Raises:
+        ReportError: ``path`` is missing, not a checkpoint (a JSON subnet,
+            text) or holds no tensors; the message names it.
+    """
+    from mmrazor_ext.engine import safe_load
     try:
-        from mmrazor_ext.engine import safe_load
         ckpt = safe_load(path, map_location='cpu')
-    except Exception:  # noqa: BLE001 - fall back for older torch files
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ReportError(f'{path}: no such checkpoint') from None
+    except ValueError as err:  # not a torch file: JSON, text, ...
+        raise ReportError(str(err)) from None
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not any(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        raise ReportError(f'{path}: holds no state_dict of tensors')
     return state, ckpt
 
 
@@ -160,15 +172,17 @@ def print_report(rep):
 
 def main(argv=None):
     args = parse_args(argv)
-    state, ckpt = load_state(args.checkpoint)
+    try:
+        state, ckpt = load_state(args.checkpoint)
+    except ReportError as err:
+        sys.exit(f'error: {err}')
     total = layer_macs = None
     if args.config:
         total, layer_macs = dense_macs_from_config(args.config, args.input_shape)
     rep = build_report(state, ckpt, total, layer_macs)
     print_report(rep)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rep, f, indent=1)
+        atomic_write_json(args.json, rep)
     return rep
 
 

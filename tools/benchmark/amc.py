@@ -18,44 +18,22 @@ Example (about 10 minutes on a busy 2-core machine):
 import argparse
 import copy
 import csv
-import json
-import os
 import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from tools.benchmark.accuracy_at_flops import (  # noqa: E402
+from mmrazor_ext.apis.benchmark import (
+    baseline_path,
     cached_baseline,
-    load_fmnist,
+    load_fashion_mnist,
+    split_batches,
     top1,
+    topk_metrics,
 )
-
-
-def _batches(x, y, batch_size):
-    return [(x[i:i + batch_size], y[i:i + batch_size])
-            for i in range(0, len(x), batch_size)]
-
-
-@torch.no_grad()
-def _val(model, batches):
-    model.eval()
-    correct1 = correct5 = total = 0
-    loss = 0.0
-    for x, y in batches:
-        out = model(x)
-        top5 = out.topk(5, 1).indices
-        correct1 += int((top5[:, 0] == y).sum())
-        correct5 += int((top5 == y[:, None]).any(1).sum())
-        loss += float(F.cross_entropy(out, y, reduction='sum'))
-        total += y.numel()
-    return {'ind1': 100.0 * correct1 / total,
-            'ind2': 100.0 * correct5 / total, 'vloss': loss / total}
+from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils.tables import atomic_write_csv
 
 
 def main(argv=None):
@@ -87,26 +65,25 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     t_all = time.time()
-    xs, ys = load_fmnist(args.data_root, 'train',
-                         args.train_samples + args.reward_samples)
+    xs, ys = load_fashion_mnist(args.data_root, 'train',
+                                args.train_samples + args.reward_samples)
     xr, yr = xs[args.train_samples:], ys[args.train_samples:]
     xs, ys = xs[:args.train_samples], ys[:args.train_samples]
-    xt, yt = load_fmnist(args.data_root, 'test', args.test_samples)
+    xt, yt = load_fashion_mnist(args.data_root, 'test', args.test_samples)
     train_loader = DataLoader(TensorDataset(xs, ys), args.batch_size,
                               shuffle=True, drop_last=True)
     test_loader = DataLoader(TensorDataset(xt, yt), 512)
-    reward_batches = _batches(xr, yr, 500)
-    calib = _batches(xs, ys, args.batch_size)[:args.calib_batches]
-    os.makedirs(args.out_dir, exist_ok=True)
+    reward_batches = split_batches(xr, yr, 500)
+    calib = split_batches(xs, ys, args.batch_size)[:args.calib_batches]
 
     # baseline (cached)
     t0 = time.time()
-    model = cached_baseline(args.depth, train_loader, args.baseline_epochs,
-                            args.out_dir)
+    model = cached_baseline(
+        args.depth, train_loader, args.baseline_epochs,
+        baseline_path(args.out_dir, args.depth, args.baseline_epochs, len(xs)))
     baseline_seconds = time.time() - t0
-    model.eval()
     dense_test = top1(model, test_loader)
-    dense_reward = _val(model, reward_batches)['ind1']
+    dense_reward = topk_metrics(model, reward_batches)['ind1']
 
     # AMC through the Knight-MC facade
     cfg = {
@@ -126,7 +103,7 @@ def main(argv=None):
     }
     summary = MCPruning.prune_model({
         'model_fn': model,
-        'val_fn': lambda m: _val(m, reward_batches),
+        'val_fn': lambda m: topk_metrics(m, reward_batches),
         'calib_fn': lambda m: recalibrate_bn(m, calib, len(calib)),
         'feature_fn': torch.no_grad()(lambda m: [m(x) for x, _ in calib]),
         'config_file': cfg})
@@ -147,7 +124,7 @@ def main(argv=None):
         density, pruner.get_metric_local('l1'), mode='uniform', tol=0.005)
     pruner.set_subnet(subnet)
     recalibrate_bn(uni, calib, len(calib))
-    uni_reward = _val(uni, reward_batches)['ind1']
+    uni_reward = topk_metrics(uni, reward_batches)['ind1']
     small = pruner.export()
     uni_test = top1(small, test_loader)
     uni_density = pruner.estimate_flops(subnet) / pruner.original_flops
@@ -179,14 +156,8 @@ def main(argv=None):
         'best_strategy': best['strategy'],
         'threads': torch.get_num_threads(),
     }
-    with open(osp.join(args.out_dir, 'amc.json.tmp'), 'w') as f:
-        json.dump(result, f, indent=2)
-    os.replace(osp.join(args.out_dir, 'amc.json.tmp'),
-               osp.join(args.out_dir, 'amc.json'))
-    with open(osp.join(args.out_dir, 'amc.csv'), 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_json(osp.join(args.out_dir, 'amc.json'), result, indent=2)
+    atomic_write_csv(osp.join(args.out_dir, 'amc.csv'), rows)
     print(f'\nbudget: {budget}')
     print(f"{'method':<40} {'MACs':>6} {'top-1 reward set':>17} "
           f"{'top-1 test':>11}")

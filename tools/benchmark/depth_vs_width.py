@@ -40,29 +40,26 @@ Smoke run (seconds, numbers meaningless):
         --latency-repeats 3 --latency-rounds 1
 ``--baseline PATH`` reuses a state dict trained with the same recipe, e.g.
 ``accuracy_at_flops.py``'s ``baseline_r56_2e_20000.pth`` (same seed, data
-order, initialisation and ``train`` function as this script's own).
+order, initialisation and ``mmrazor_ext.apis.benchmark.cached_baseline`` as
+this script's own).
 """
 import argparse
 import copy
-import csv
-import json
 import math
-import os
 import os.path as osp
 import statistics
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from tools.benchmark.accuracy_at_flops import (  # noqa: E402
-    load_fmnist,
+from mmrazor_ext.apis.benchmark import (
+    add_baseline_args,
+    baseline_from_args,
     top1,
-    train,
+    train_one_cycle,
 )
+from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils.tables import atomic_write_csv
 
 VARIANTS = ('depth', 'width', 'both', 'merge', 'merge_only')
 X1 = torch.randn(1, 1, 28, 28)
@@ -154,18 +151,12 @@ def paired_latency(models, x, rounds, repeats, threads):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--depth', type=int, default=56)
-    p.add_argument('--data-root', default='data/fashion_mnist')
-    p.add_argument('--baseline', default=None,
-                   help='trained baseline state dict to reuse (same recipe)')
-    p.add_argument('--baseline-epochs', type=int, default=3)
+    add_baseline_args(p)
     p.add_argument('--finetune-epochs', type=int, default=1)
     p.add_argument('--finetune-variants', nargs='+', default=None,
                    choices=VARIANTS,
                    help='variants to fine-tune (default: all); the others '
                    'report top-1 right after compression + BN only')
-    p.add_argument('--train-samples', type=int, default=None)
-    p.add_argument('--test-samples', type=int, default=None)
     p.add_argument('--flops-ratio', type=float, default=0.5)
     p.add_argument('--variants', nargs='+', default=list(VARIANTS),
                    choices=VARIANTS)
@@ -179,43 +170,19 @@ def main(argv=None):
                    help='blocks merged by the merge_only variant')
     p.add_argument('--merge-batches', type=int, default=8,
                    help='calibration batches of the merge error')
-    p.add_argument('--batch-size', type=int, default=128)
     p.add_argument('--latency-batch', type=int, default=64)
     p.add_argument('--latency-repeats', type=int, default=10,
                    help='timed runs per model per round')
     p.add_argument('--latency-rounds', type=int, default=5)
     p.add_argument('--threads', type=int, default=None,
                    help='intra-op threads for the latency measurement')
-    p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/bench_depth_vs_width')
     args = p.parse_args(argv)
     from mmrazor_ext.estimators import get_model_complexity
     from mmrazor_ext.graph import fold_bn
-    from mmrazor_ext.models import CifarResNet
     from mmrazor_ext.utils.evaluation import recalibrate_bn
-    torch.manual_seed(args.seed)
-    xs, ys = load_fmnist(args.data_root, 'train', args.train_samples)
-    xt, yt = load_fmnist(args.data_root, 'test', args.test_samples)
-    train_loader = DataLoader(TensorDataset(xs, ys), args.batch_size,
-                              shuffle=True, drop_last=True)
-    test_loader = DataLoader(TensorDataset(xt, yt), 512)
-    os.makedirs(args.out_dir, exist_ok=True)
-    ckpt = args.baseline or osp.join(
-        args.out_dir, f'baseline_r{args.depth}_{args.baseline_epochs}e_'
-        f'{len(xs)}.pth')
-    model = CifarResNet(args.depth, 10, 1)
     t0 = time.time()
-    if osp.exists(ckpt):
-        from mmrazor_ext.engine import safe_load
-        model.load_state_dict(safe_load(ckpt))
-        print(f'baseline loaded from {ckpt}', flush=True)
-    elif args.baseline:
-        raise FileNotFoundError(f'--baseline {args.baseline} does not exist')
-    elif args.baseline_epochs > 0:
-        train(model, train_loader, args.baseline_epochs, 0.2, 'baseline')
-        torch.save(model.state_dict(), ckpt + '.tmp')
-        os.replace(ckpt + '.tmp', ckpt)
-    model.eval()
+    model, train_loader, test_loader = baseline_from_args(args)
     dense_flops = get_model_complexity(model, X1)['flops']
     dense = top1(model, test_loader)
     print(f'dense: top-1 {dense:.2f}, {dense_flops / 1e6:.2f} M MACs',
@@ -270,7 +237,8 @@ def main(argv=None):
             args.finetune_variants is None
             or variant in args.finetune_variants)
         if tuned:
-            train(small, train_loader, args.finetune_epochs, 0.05, variant)
+            train_one_cycle(small, train_loader, args.finetune_epochs, 0.05,
+                            variant)
         flops = get_model_complexity(small, X1)['flops']
         row = {'variant': variant, 'blocks_removed': len(removed),
                'blocks_merged': len(merged),
@@ -299,20 +267,14 @@ def main(argv=None):
         'metric_batches',
         'merge_tol', 'merge_max', 'merge_batches', 'latency_batch',
         'latency_repeats', 'latency_rounds', 'threads', 'seed')}
-    budget.update(train_samples=len(xs), test_samples=len(xt),
+    budget.update(train_samples=len(train_loader.dataset),
+                  test_samples=len(test_loader.dataset),
                   torch_threads=args.threads or torch.get_num_threads(),
                   seconds=round(time.time() - t0, 1))
-    out = osp.join(args.out_dir, 'depth_vs_width.json')
-    with open(out + '.tmp', 'w') as f:
-        json.dump({'budget': budget, 'rows': rows,
-                   'merge_stats': merge_stats}, f, indent=2)
-    os.replace(out + '.tmp', out)
-    csv_path = osp.join(args.out_dir, 'depth_vs_width.csv')
-    with open(csv_path + '.tmp', 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(csv_path + '.tmp', csv_path)
+    atomic_write_json(osp.join(args.out_dir, 'depth_vs_width.json'),
+                      {'budget': budget, 'rows': rows,
+                       'merge_stats': merge_stats}, indent=2)
+    atomic_write_csv(osp.join(args.out_dir, 'depth_vs_width.csv'), rows)
     print(f'\nbudget: {budget}')
     print(f"{'variant':<10} {'rm':>3} {'mg':>3} {'FLOPs':>6} {'top-1 BN':>9} "
           f"{'top-1 ft':>9} {'ms':>8} {'speedup':>8} {'FLOPs red.':>10} "

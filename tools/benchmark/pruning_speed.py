@@ -14,16 +14,13 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
+from mmrazor_ext.utils import atomic_write_json
 
 
 def build(name: str, size: int | None):
@@ -130,9 +127,7 @@ def main(argv=None) -> int:
               f"  speedup / FLOPs reduction = {r['speedup_per_flops']:.2f}\n",
               flush=True)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(rows, f, indent=1)
+        atomic_write_json(args.out, rows, indent=1)
     return 0
 
 

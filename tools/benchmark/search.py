@@ -29,25 +29,22 @@ Smoke run:
 """
 import argparse
 import copy
-import csv
 import json
-import os
 import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from tools.benchmark.accuracy_at_flops import load_fmnist, train  # noqa: E402
+from mmrazor_ext.apis.benchmark import (
+    cached_baseline,
+    load_fashion_mnist,
+    split_batches,
+)
+from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils.tables import atomic_write_csv
 
 X1 = torch.randn(1, 1, 28, 28)
-
-
-def batches(x, y, bs):
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
 
 
 def search(kind, space, evaluator, args, lo):
@@ -101,38 +98,32 @@ def main(argv=None):
     p.add_argument('--out-dir', default='work_dirs/bench_search')
     args = p.parse_args(argv)
 
-    from mmrazor_ext.models import CifarResNet
     from mmrazor_ext.pruners import ChannelPruner
     from mmrazor_ext.search import (
         AdaptiveBNEvaluator,
         KeepRatioSpace,
+        greedy_slim,
         ratio_grid,
     )
     torch.manual_seed(0)
-    os.makedirs(args.out_dir, exist_ok=True)
-    x, y = load_fmnist(args.data_root, 'train')
+    x, y = load_fashion_mnist(args.data_root, 'train')
     n_hold = args.heldout_samples
     xh, yh = x[-n_hold:], y[-n_hold:]
     xt, yt = x[:min(args.train_samples, len(x) - n_hold)], \
         y[:min(args.train_samples, len(x) - n_hold)]
-    xs, ys = load_fmnist(args.data_root, 'test', args.test_samples)
+    xs, ys = load_fashion_mnist(args.data_root, 'test', args.test_samples)
     bs = args.batch_size
     loader = DataLoader(TensorDataset(xt, yt), batch_size=bs, shuffle=True)
-    model = CifarResNet(20, 10, 1)
-    ckpt = osp.join(args.out_dir, 'baseline.pth')
-    if args.checkpoint or osp.exists(ckpt):
-        from mmrazor_ext.engine import safe_load
-        state = safe_load(args.checkpoint or ckpt)
-        # a plain state dict, or a tools/train.py checkpoint
-        model.load_state_dict(state.get('state_dict', state))
-    elif args.baseline_epochs:
-        train(model, loader, args.baseline_epochs, 0.2, 'baseline')
-        torch.save(model.state_dict(), ckpt)
-    model.eval()
-    bn_train = batches(xt[:args.bn_batches * bs], yt[:args.bn_batches * bs],
-                       bs)
-    heldout = batches(xh[:args.eval_samples], yh[:args.eval_samples], bs)
-    test = batches(xs, ys, 256)
+    # a plain state dict, or a tools/train.py checkpoint
+    model = cached_baseline(
+        20, loader, args.baseline_epochs,
+        args.checkpoint or osp.join(args.out_dir, 'baseline.pth'),
+        must_exist=bool(args.checkpoint))
+    bn_train = split_batches(xt[:args.bn_batches * bs],
+                             yt[:args.bn_batches * bs], bs)
+    heldout = split_batches(xh[:args.eval_samples], yh[:args.eval_samples],
+                            bs)
+    test = split_batches(xs, ys, 256)
     target, lo = args.flops_ratio, args.flops_ratio - args.window
 
     def evaluators(m, pruner):
@@ -162,7 +153,7 @@ def main(argv=None):
                                                     verify=False)
             dt = time.perf_counter() - t0
         elif method == 'autoslim':
-            from mmrazor_ext.algorithms import greedy_slim, sandwich_train
+            from mmrazor_ext.algorithms import sandwich_train
             slim = copy.deepcopy(model)
             if args.autoslim_epochs:
                 sandwich_train(slim, loader, args.autoslim_epochs,
@@ -187,12 +178,8 @@ def main(argv=None):
             'candidates_per_min': round(60 * cands / dt, 1) if dt else None})
         print(json.dumps(rows[-1]), flush=True)
     out = {'dense_test_top1': dense, 'args': vars(args), 'rows': rows}
-    with open(osp.join(args.out_dir, 'search.json'), 'w') as f:
-        json.dump(out, f, indent=1)
-    with open(osp.join(args.out_dir, 'search.csv'), 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_json(osp.join(args.out_dir, 'search.json'), out, indent=1)
+    atomic_write_csv(osp.join(args.out_dir, 'search.csv'), rows)
     print(f'dense test top-1 {dense:.2f}')
     print(f"{'method':10s} {'top1':>7s} {'FLOPs':>7s} {'cands':>6s} "
           f"{'time s':>7s} {'cand/min':>8s}")

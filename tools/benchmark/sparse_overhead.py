@@ -12,19 +12,15 @@ Example::
     python tools/benchmark/sparse_overhead.py --batch-size 64 --steps 20
 """
 import argparse
-import json
-import os.path as osp
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from mmrazor_ext.models import CifarResNet  # noqa: E402
-from mmrazor_ext.sparsity import build_sparse_scheduler  # noqa: E402
+from mmrazor_ext.models import CifarResNet
+from mmrazor_ext.sparsity import build_sparse_scheduler
+from mmrazor_ext.utils import atomic_write_json
 
 VARIANTS = {
     'amba_70': dict(scheduler=dict(type='AmbaLevelPruneScheduler', kwargs=dict(
@@ -152,8 +148,7 @@ def main(argv=None):
            'semi_structured': semi_structured_speedup(),
            'torch': torch.__version__}
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(res, f, indent=1)
+        atomic_write_json(args.json, res, indent=1)
     return res
 
 

@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
 
-import torch  # noqa: E402
-
-from tools.model_loading import build_from_config  # noqa: E402
+from mmrazor_ext.apis.model_loading import build_from_config
+from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
 
 
 def parse_args(argv=None):
@@ -39,26 +38,23 @@ def parse_args(argv=None):
     p.add_argument('--opset', type=int, default=17)
     p.add_argument('--atol', type=float, default=1e-4,
                    help='allowed max abs difference onnxruntime vs torch')
-    p.add_argument('--cfg-options', nargs='*', default=[])
+    add_cfg_options_arg(p)
     return p.parse_args(argv)
 
 
 def build_model(args):
     """The model to export and its example input."""
-    from mmengine.config import DictAction
-
     from mmrazor_ext.engine import safe_load
-    opts = {k: DictAction._parse_iterable(v) for k, v in
-            (o.split('=', 1) for o in args.cfg_options)}
     ckpt = None if args.subnet else args.checkpoint
-    _, model, example = build_from_config(args.config, ckpt, opts)
+    _, model, example = build_from_config(args.config, ckpt,
+                                          parse_cfg_options(args.cfg_options))
     folded = False
     if args.subnet:
         with open(args.subnet) as f:
             fmt = json.load(f).get('format')
         folder = osp.dirname(osp.abspath(args.subnet))
         weights = args.checkpoint or osp.join(folder, 'pruned_model.pth')
-        if fmt == 'mmrazor_ext.fusion':
+        if fmt in ('mmrazor_ext.fusion', 'mmrazor_ext.subnet'):  # any version
             from mmrazor_ext.algorithms import load_fused_model
             model = load_fused_model(model, args.subnet, load_weights=False)
             with open(args.subnet) as f:
@@ -114,8 +110,7 @@ def main(argv=None) -> dict:
         print(f'onnxruntime vs torch: max abs diff {diff:.3g}')
         if diff > args.atol:
             raise SystemExit(f'ONNX output differs by {diff} > {args.atol}')
-    with open(osp.splitext(args.out)[0] + '.json', 'w') as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_json(osp.splitext(args.out)[0] + '.json', summary, indent=2)
     print(f'wrote {args.out}')
     return summary
 

@@ -24,14 +24,12 @@ train_dataloader = dict(
                  pipeline=train_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=True),
 )
+# The same loader on the test split: bigger batches, no shuffling.
 val_dataloader = dict(
-    batch_size=256,
-    num_workers=2,
-    persistent_workers=True,
-    dataset=dict(type=dataset_type, data_root=data_root, split='test',
+    train_dataloader, batch_size=256,
+    dataset=dict(train_dataloader['dataset'], split='test',
                  pipeline=test_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=False),
-)
+    sampler=dict(type='DefaultSampler', shuffle=False))
 val_evaluator = dict(type='mmpretrain.Accuracy', topk=(1,))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

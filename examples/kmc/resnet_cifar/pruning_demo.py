@@ -19,20 +19,26 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 from functools import partial
 
+import torch
+import yaml
+
+# The user's own training code, next to this script (Python puts the
+# script's folder first on the module search path).
+from train_val import (
+    fmnist_loader,
+    pretrained_model,
+    recalibrate,
+    train,
+    validate,
+)
+
+from mmrazor_ext.apis import MCPruning
+from mmrazor_ext.estimators import get_model_complexity
+from mmrazor_ext.models import CifarResNet
+
 HERE = osp.dirname(osp.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(HERE))))
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from train_val import fmnist_loader, recalibrate, train, validate  # noqa: E402
-
-from mmrazor_ext.apis import MCPruning  # noqa: E402
-from mmrazor_ext.estimators import get_model_complexity  # noqa: E402
-from mmrazor_ext.models import CifarResNet  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,27 +72,8 @@ def main(argv=None):
         args.data_dir, train_limit=args.train_samples,
         test_limit=args.test_samples)
     model = CifarResNet(20, num_classes=10, in_channels=1)
-    if args.pretrained:
-        from mmrazor_ext.engine import safe_load
-        ckpt = safe_load(args.pretrained)
-        model.load_state_dict(ckpt.get('state_dict', ckpt))
-    else:
-        base = osp.join(args.work_dir, f'baseline_{args.baseline_epochs}e_'
-                        f'{len(train_loader.dataset)}.pth')
-        if osp.isfile(base):
-            model.load_state_dict(torch.load(base, weights_only=True))
-        else:
-            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                                  weight_decay=5e-4, nesterov=True)
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, 0.2, total_steps=max(8, args.baseline_epochs *
-                                          len(train_loader)))
-            for ep in range(args.baseline_epochs):
-                acc1, _, loss = train(model, opt, torch.nn.CrossEntropyLoss(),
-                                      train_loader, sched)
-                print(f'baseline epoch {ep + 1}: train top-1 {acc1:.2f}, '
-                      f'loss {loss:.3f}')
-            torch.save(model.state_dict(), base)
+    pretrained_model(model, train_loader, args.work_dir,
+                     args.baseline_epochs, args.pretrained)
     dense = validate(model, test_loader)
     print(f"dense model: top-1 {dense['ind1']:.2f} %")
 

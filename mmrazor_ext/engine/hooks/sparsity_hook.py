@@ -25,12 +25,11 @@ from typing import Any
 
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 
 from mmrazor_ext.registry import HOOKS
 from mmrazor_ext.sparsity import build_sparse_scheduler
-from mmrazor_ext.sparsity.probmask_scheduler import ProbMaskScheduler
+from mmrazor_ext.utils.model import unwrap_model
 
 CKPT_KEY = 'sparsity'
 
@@ -65,7 +64,7 @@ class SparsityHook(Hook):
 
     @staticmethod
     def _model(runner):
-        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+        return unwrap_model(runner.model)
 
     def before_run(self, runner) -> None:
         if self._prepared:
@@ -95,7 +94,8 @@ class SparsityHook(Hook):
 
     def _add_extra_params(self, runner) -> None:
         """Give the optimizer the fake-sparse parameters (STR thresholds,
-        ProbMask scores), copying group 0's hyper-parameters."""
+        ProbMask scores): group 0's hyper-parameters, updated by the
+        scheduler's :meth:`extra_param_group`."""
         params = self.scheduler.extra_parameters()
         if not params:
             return
@@ -106,9 +106,7 @@ class SparsityHook(Hook):
                                   'trained')
             return
         group = {k: v for k, v in optim.param_groups[0].items() if k != 'params'}
-        if isinstance(self.scheduler, ProbMaskScheduler):
-            group['weight_decay'] = 0.0  # the projection sets the budget
-        group['params'] = params
+        group.update(self.scheduler.extra_param_group(), params=params)
         optim.add_param_group(group)
         if get_world_size() > 1:
             # DDP registered its parameters before these existed, so their

@@ -1,19 +1,19 @@
-"""PruningHook: drives :mod:`.channel_pruning` algorithms at named points."""
-from __future__ import annotations
+"""PruningHook: drives a pruning algorithm at the Runner's named points.
 
-import os.path as osp
+The algorithm is any :class:`~mmrazor_ext.algorithms.base.PruningAlgorithm`
+(one-shot / iterative channel pruning, layer fusion, AMC); the hook only
+uses that interface, so it imports nothing from ``algorithms/``.
+"""
+from __future__ import annotations
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
 from mmrazor_ext.registry import HOOKS
 from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn
+from mmrazor_ext.utils.model import unwrap_model
 
-
-def _algo(runner):
-    model = runner.model
-    return model.module if is_model_wrapper(model) else model
+__all__ = ['PruningHook']
 
 
 @HOOKS.register_module()
@@ -36,7 +36,7 @@ class PruningHook(Hook):
         return evaluate_top1(model, runner.val_dataloader, self.eval_batches)
 
     def before_train(self, runner) -> None:
-        algo = _algo(runner)
+        algo = unwrap_model(runner.model)
         if algo.step > 0:
             print_log(f'resumed after pruning step {algo.step}: masks '
                       'restored from the checkpoint', logger='current')
@@ -61,16 +61,14 @@ class PruningHook(Hook):
         print_log(f'after pruning step {step}: {report}', logger='current')
 
     def after_train_epoch(self, runner) -> None:
-        algo = _algo(runner)
-        interval = getattr(algo, 'interval', None)
-        if interval is None or algo.step >= algo.num_steps:
+        algo = unwrap_model(runner.model)
+        if algo.interval is None or algo.step >= algo.num_steps:
             return
-        if (runner.epoch + 1) % interval == 0:
+        if (runner.epoch + 1) % algo.interval == 0:
             self._prune(runner, algo, algo.step + 1)
 
     def after_train(self, runner) -> None:
         if not self.export or runner.rank != 0:
             return
-        algo = _algo(runner)
-        algo.export(osp.join(runner.work_dir),
-                    val_batches=runner.val_dataloader)
+        algo = unwrap_model(runner.model)
+        algo.export(runner.work_dir, val_batches=runner.val_dataloader)

@@ -1,12 +1,22 @@
-"""Build a config's (architecture) model, data and example inputs.
+"""A config's (architecture) model, data and example inputs, for tools.
 
-Shared by the analysis / visualization tools, so each of them reads
-configs and checkpoints the same way.
+The analysis, visualization and deploy tools (and ``tools/model_loading.py``)
+read configs and checkpoints through these, so each of them does it the same
+way.
 """
+from __future__ import annotations
+
+import argparse
+
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
+
+from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
+
+__all__ = ['SIZES', 'add_model_args', 'build_from_args', 'build_from_config',
+           'build_loader']
 
 # Input side per dataset type when a tool is not told ``--shape``.
 SIZES = {'FashionMNIST': 28, 'CIFAR10': 32, 'ImageNet': 224}
@@ -18,9 +28,10 @@ def build_from_config(config: str, checkpoint: str | None = None,
 
     For an algorithm config (``model.architecture``) the architecture is
     built; checkpoints of either kind are accepted (``architecture.``
-    prefixes are stripped) and loaded with the safe loader.
+    prefixes are stripped) and loaded with the safe loader, strictly: a
+    checkpoint that does not fit is an error listing the mismatches.
     """
-    from mmrazor_ext.engine import safe_load
+    from mmrazor_ext.engine import load_model_state, safe_load
     from mmrazor_ext.registry import MODELS, register_all_modules
     register_all_modules()
     cfg = Config.fromfile(config)
@@ -32,17 +43,34 @@ def build_from_config(config: str, checkpoint: str | None = None,
     with DefaultScope.overwrite_default_scope('mmrazor_ext'):
         model = MODELS.build(model_cfg)
     if checkpoint:
-        state = safe_load(checkpoint)
-        state = state.get('state_dict', state)
+        ckpt = safe_load(checkpoint)
+        state = ckpt.get('state_dict', ckpt)
         if any(k.startswith('architecture.') for k in state):
             state = {k[len('architecture.'):]: v for k, v in state.items()
                      if k.startswith('architecture.')}
-        model.load_state_dict(state)
+        ckpt = dict(ckpt, state_dict=state) if 'state_dict' in ckpt else state
+        load_model_state(model, ckpt, checkpoint, strict=True)
     model.eval()
     dataset = cfg.train_dataloader.dataset.type.split('.')[-1]
     side = SIZES.get(dataset, 32)
     channels = len(cfg.get('data_preprocessor', {}).get('mean', [0, 0, 0]))
     return cfg, model, torch.randn(1, channels, side, side)
+
+
+def add_model_args(parser: argparse.ArgumentParser
+                   ) -> argparse.ArgumentParser:
+    """Add the ``config`` and ``checkpoint`` positionals and
+    ``--cfg-options`` (read by :func:`build_from_args`)."""
+    parser.add_argument('config', help='baseline or algorithm config')
+    parser.add_argument('checkpoint', help='trained weights (either kind)')
+    return add_cfg_options_arg(parser)
+
+
+def build_from_args(args: argparse.Namespace):
+    """:func:`build_from_config` of the arguments :func:`add_model_args`
+    added: ``(cfg, model, example_inputs)``."""
+    return build_from_config(args.config, args.checkpoint,
+                             parse_cfg_options(args.cfg_options))
 
 
 def build_loader(cfg: Config, split: str = 'train', batch_size: int = 64,
