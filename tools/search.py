@@ -25,6 +25,7 @@ import time
 from mmengine.config import Config, DictAction
 
 from mmrazor_ext.engine.config_checks import ConfigFieldError, check_config
+from mmrazor_ext.engine.config_guard import check_legacy_keys
 
 TRAIN = osp.join(osp.dirname(osp.abspath(__file__)), 'train.py')
 
@@ -49,6 +50,7 @@ def check_args(rest: list[str]) -> None:
     cfg = Config.fromfile(known.config)
     if known.cfg_options:
         cfg.merge_from_dict(known.cfg_options)
+    check_legacy_keys(cfg, 'tools/search.py')
     check_config(cfg)
 
 

@@ -17,7 +17,11 @@ after every episode). The search writes to the work dir:
 * ``amc_best_subnet.json``, ``amc_best_state.pth`` (masked-mode weights of
   the best episode, fm-reconstructed ones included) and ``amc_search.json``.
 
-The best episode is then fine-tuned in masked mode and exported
+With ``reconstruct=dict(method='least_squares', ...)`` the best episode is
+then refitted against the original dense model (the consumers of pruned
+channels, sequentially, by :meth:`ChannelPruner.reconstruct`; this replaces
+the episode's fm-reconstruction weights) before BN recalibration. The best
+episode is then fine-tuned in masked mode and exported
 (``pruned_model.pth``, ``subnet.json``, ``report.json``) like the other
 algorithms. The search is never repeated: ``--resume`` restores masks and
 weights from the checkpoint (the pruning step lives in ``_extra_state``),
@@ -88,7 +92,9 @@ class AMCPruning(OneShotPruning):
         seed: Seed of the agent and of the environment's sampling.
         ckpt_prefix: Name prefix of the episode checkpoints.
         **kwargs: :class:`OneShotPruning` arguments (``init_checkpoint``,
-            ``bn_recalib_batches``, ``pruner``, ``data_preprocessor``).
+            ``bn_recalib_batches``, ``pruner``, ``data_preprocessor``,
+            ``reconstruct``: refit the chosen subnet against the dense model
+            before fine-tuning, see :class:`PruningAlgorithm`).
     """
 
     def __init__(self, architecture: dict | nn.Module,

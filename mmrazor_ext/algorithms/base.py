@@ -7,6 +7,7 @@ layer fusion, AMC), with the shared target validation and export.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import os.path as osp
@@ -20,12 +21,14 @@ from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.estimators import get_model_complexity
+from mmrazor_ext.pruners import RECONSTRUCTION_METHODS, check_ridge
 from mmrazor_ext.pruners.pruned_model import save_pruned
 from mmrazor_ext.registry import METRICS, MODELS
 from mmrazor_ext.utils.evaluation import evaluate_top1
 from mmrazor_ext.utils.io import atomic_write_json
 
-__all__ = ['ArchitectureAlgorithm', 'PruningAlgorithm']
+__all__ = ['ArchitectureAlgorithm', 'PruningAlgorithm', 'RECONSTRUCT_KEYS',
+           'check_reconstruct']
 
 
 class ArchitectureAlgorithm(BaseModel):
@@ -98,12 +101,61 @@ def _check_num(value, mode: str) -> None:
 _TARGET_FIELDS = {'ratio': _check_ratio, 'ratios': _check_ratios,
                   'num': _check_num}
 
+#: ``reconstruct=dict(...)`` keys (arguments of ChannelPruner.reconstruct)
+RECONSTRUCT_KEYS = ('method', 'num_batches', 'ridge', 'bn_recalib',
+                    'points_per_image', 'layers', 'seed', 'max_cache_mb')
+
+
+def check_reconstruct(cfg) -> dict | None:
+    """A validated copy of an algorithm's ``reconstruct`` option.
+
+    Raises:
+        ValueError: Naming the bad field (``reconstruct.method`` ...).
+    """
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict):
+        raise ValueError("reconstruct: expected None or a dict such as "
+                         "dict(method='least_squares', num_batches=20), got "
+                         f'{cfg!r}')
+    cfg = dict(cfg)
+    unknown = set(cfg) - set(RECONSTRUCT_KEYS)
+    if unknown:
+        raise ValueError(f'reconstruct: unknown keys {sorted(unknown)} '
+                         f'(known: {list(RECONSTRUCT_KEYS)})')
+    cfg.setdefault('method', 'least_squares')
+    if cfg['method'] not in RECONSTRUCTION_METHODS:
+        raise ValueError(f'reconstruct.method must be one of '
+                         f"{RECONSTRUCTION_METHODS}, got {cfg['method']!r}")
+    for key in ('num_batches', 'points_per_image', 'seed'):
+        v = cfg.get(key, 1)
+        low = 0 if key == 'seed' else 1
+        if (v is not None or key != 'points_per_image') and (
+                isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f'reconstruct.{key} must be an int >= {low}, '
+                             f'got {v!r}')
+    if 'ridge' in cfg:
+        check_ridge(cfg['ridge'], 'reconstruct.ridge')
+    if not isinstance(cfg.get('bn_recalib', True), bool):
+        raise ValueError('reconstruct.bn_recalib must be a bool, got '
+                         f"{cfg['bn_recalib']!r}")
+    mb = cfg.get('max_cache_mb', 0)
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or mb < 0:
+        raise ValueError(f'reconstruct.max_cache_mb must be >= 0, got {mb!r}')
+    if cfg.get('layers') is not None:
+        if isinstance(cfg['layers'], str):
+            raise ValueError('reconstruct.layers must be a list of layer '
+                             f"names, got {cfg['layers']!r}")
+        cfg['layers'] = list(cfg['layers'])
+    return cfg
+
 
 class PruningAlgorithm(ArchitectureAlgorithm):
     """The interface :class:`~mmrazor_ext.engine.hooks.PruningHook` drives.
 
     Before training the hook records :meth:`complexity` and accuracy in
-    :attr:`report`, calls :meth:`prune` (step 1) and recalibrates BN on
+    :attr:`report`, calls :meth:`prune` (step 1), :meth:`reconstruct_pruned`
+    (when ``reconstruct`` is set) and recalibrates BN on
     :attr:`bn_recalib_batches` batches; every :attr:`interval` epochs it
     takes the next step until :attr:`num_steps`; after training it calls
     :meth:`export`. :attr:`step` and :attr:`report` go into the checkpoint
@@ -127,6 +179,15 @@ class PruningAlgorithm(ArchitectureAlgorithm):
             each pruning step (0 disables it).
         data_preprocessor: See :class:`ArchitectureAlgorithm`.
         init_cfg: mmengine init config.
+        reconstruct: None (off) or ``dict(method='least_squares',
+            num_batches=20, ridge=1e-5, bn_recalib=True,
+            points_per_image=32, ...)``: after each pruning step, before BN
+            recalibration and fine-tuning, refit the layers that consume
+            pruned channels on that many training batches so that their
+            outputs match the model before the step
+            (:meth:`ChannelPruner.reconstruct`). The refitted weights are
+            parameters of the masked model, so checkpoints (and
+            ``--resume``) carry them.
 
     Attributes:
         metric (dict): ``dict(type=name, ...)``.
@@ -155,9 +216,13 @@ class PruningAlgorithm(ArchitectureAlgorithm):
                  init_checkpoint: str | None = None,
                  bn_recalib_batches: int = 20,
                  data_preprocessor: dict | None = None,
-                 init_cfg: dict | None = None):
+                 init_cfg: dict | None = None,
+                 reconstruct: dict | None = None):
         super().__init__(architecture, init_checkpoint, data_preprocessor,
                          init_cfg)
+        self.reconstruct_cfg = check_reconstruct(reconstruct)
+        #: layers given a new bias by reconstruction (re-created on resume)
+        self.reconstructed_biases: list[str] = []
         self.metric = metric if isinstance(metric, dict) else dict(type=metric)
         cls = METRICS.get(self.metric['type'])
         if cls is None or not issubclass(cls, self.METRIC_KIND):
@@ -205,13 +270,22 @@ class PruningAlgorithm(ArchitectureAlgorithm):
     # -- checkpoint state -------------------------------------------------------
     def get_extra_state(self) -> dict:
         # Plain containers and tensors only: loads with weights_only=True.
-        return {'step': self.step, **self.structure_state(),
-                'report': json.loads(json.dumps(self.report))}
+        state = {'step': self.step, **self.structure_state(),
+                 'report': json.loads(json.dumps(self.report))}
+        if self.reconstructed_biases:
+            state['reconstructed_biases'] = list(self.reconstructed_biases)
+        return state
 
     def set_extra_state(self, state: dict) -> None:
         self.step = int(state.get('step', 0))
         self.report = dict(state.get('report') or {})
         self.load_structure_state(state)
+        # loaded before the children: give these layers their bias back so
+        # the checkpoint's refitted bias has a parameter to load into
+        self.reconstructed_biases = list(state.get('reconstructed_biases')
+                                         or [])
+        for name in self.reconstructed_biases:
+            _add_bias(self.architecture.get_submodule(name))
 
     @abstractmethod
     def structure_state(self) -> dict:
@@ -230,6 +304,64 @@ class PruningAlgorithm(ArchitectureAlgorithm):
     @abstractmethod
     def prune(self, batches: Iterable, step: int = 1):
         """Pruning step ``step`` (1-based) using training ``batches``."""
+
+    # -- reconstruction ---------------------------------------------------------
+    def channel_pruner(self):
+        """The :class:`~mmrazor_ext.pruners.ChannelPruner` whose masks carry
+        the channel pruning (None: no channel pruning); default: the
+        ``pruner`` attribute."""
+        return getattr(self, 'pruner', None)
+
+    def reconstruction_reference(self) -> nn.Module | None:
+        """What :meth:`reconstruct_pruned` reproduces, taken by the hook just
+        before :meth:`prune`: a copy of the architecture as it is then (the
+        dense model at step 1, the masked one of the previous step later);
+        None when ``reconstruct`` is off."""
+        if self.reconstruct_cfg is None:
+            return None
+        return copy.deepcopy(self.architecture)
+
+    def reconstruct_pruned(self, batches: Iterable,
+                           reference: nn.Module | None = None
+                           ) -> dict | None:
+        """Refit the consumers of the channels pruned by the last step
+        (``reconstruct`` option; :meth:`ChannelPruner.reconstruct`).
+
+        Args:
+            batches: Training batches (the first ``num_batches`` are used).
+            reference: From :meth:`reconstruction_reference` (None: a
+                dense copy of the masked model).
+
+        Returns:
+            The reconstruction report, or None when ``reconstruct`` is off
+            or nothing is pruned. A summary goes to :attr:`report`
+            (``reconstruction_step{k}``).
+        """
+        cfg, pruner = self.reconstruct_cfg, self.channel_pruner()
+        if cfg is None:
+            return None
+        if pruner is None or not pruner.subnet or all(
+                bool(m.all()) for m in pruner.subnet.values()):
+            print_log('reconstruct: no pruned channels, nothing to refit',
+                      logger='current', level=30)
+            return None
+        rep = pruner.reconstruct(batches, reference=reference, **cfg)
+        layers = rep['layers'].values()
+        for name, r in rep['layers'].items():
+            if r.get('offset_to') == 'new_bias' and \
+                    name not in self.reconstructed_biases:
+                self.reconstructed_biases.append(name)
+
+        def mean(key):
+            vals = [r[key] for r in layers if key in r]
+            return sum(vals) / len(vals) if vals else None
+        self.report[f'reconstruction_step{self.step}'] = {
+            'config': cfg, 'layers': len(rep['layers']),
+            'skipped': rep['skipped'], 'cached': rep['cached'],
+            'seconds': round(rep['seconds'], 3),
+            'mean_rel_error_before': mean('rel_error_before'),
+            'mean_rel_error_after': mean('rel_error_after')}
+        return rep
 
     def complexity(self, model: nn.Module | None = None) -> dict:
         """``{'flops', 'params'}`` of ``model`` (default: the
@@ -275,3 +407,12 @@ class PruningAlgorithm(ArchitectureAlgorithm):
                   f"{report['params_after'] / 1e6:.3f} M; files in {work_dir}",
                   logger='current')
         return report
+
+
+@torch.no_grad()
+def _add_bias(mod: nn.Module) -> None:
+    """A zero bias parameter for a conv / linear layer that has none."""
+    if getattr(mod, 'bias', None) is None:
+        w = mod.weight
+        mod.bias = nn.Parameter(w.new_zeros(w.shape[0]),
+                                requires_grad=w.requires_grad)

@@ -19,6 +19,10 @@ from mmrazor_ext.metrics import ChannelMetric, collect_contents, collector_optio
 from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.pruners.pruned_model import pruned_structure
 from mmrazor_ext.registry import METRICS, MODELS
+from mmrazor_ext.search.sensitivity import (
+    allocate_by_sensitivity,
+    check_sensitivity,
+)
 from mmrazor_ext.utils.evaluation import to_tensors
 
 from .base import PruningAlgorithm
@@ -43,7 +47,12 @@ class OneShotPruning(PruningAlgorithm):
             (``flops_ratio=0.5`` is the explicit name of that ``ratio``);
             ``mode='uniform'|'global'`` removes ``ratio`` of the channels;
             ``mode='nonuni'`` takes ``ratios={space: r}``. For ``flops``,
-            ``sampling='uniform'|'global'`` chooses how channels are spread.
+            ``sampling='uniform'|'global'|'sensitivity'`` chooses how
+            channels are spread: the same prune ratio per space, one
+            threshold over per-space normalised scores, or per-space keep
+            ratios from measured damage
+            (:func:`~mmrazor_ext.search.sensitivity.allocate_by_sensitivity`;
+            the metric's scores still choose the channels inside a space).
         pruner: Extra :class:`ChannelPruner` arguments (``ignore_layers``,
             ``divisor``, ``min_channels``, ``leaf_modules``).
         init_checkpoint: Trained weights of ``architecture`` to start from
@@ -52,6 +61,13 @@ class OneShotPruning(PruningAlgorithm):
             pruning (0 disables it).
         data_preprocessor: Given to the architecture when its config has
             none (the Runner passes the config's top-level one).
+        reconstruct: See :class:`PruningAlgorithm` (None: off).
+        sensitivity: Options of ``sampling='sensitivity'``
+            (:data:`~mmrazor_ext.search.sensitivity.SENSITIVITY_KEYS`:
+            ``step=0.125`` (chunk: fraction of a space), ``bn_batches=5``,
+            ``eval_batches=5`` (training batches after the BN ones, held
+            out for the loss), ``refresh``, ``objective``, ``tol``,
+            ``seed``, ``progress``).
     """
 
     TARGET_MODES = {'flops': 'ratio', 'uniform': 'ratio', 'global': 'ratio',
@@ -67,10 +83,18 @@ class OneShotPruning(PruningAlgorithm):
                  init_checkpoint: str | None = None,
                  bn_recalib_batches: int = 20,
                  data_preprocessor: dict | None = None,
-                 init_cfg: dict | None = None):
+                 init_cfg: dict | None = None,
+                 reconstruct: dict | None = None,
+                 sensitivity: dict | None = None):
         super().__init__(architecture, input_shape, metric, target,
                          init_checkpoint, bn_recalib_batches,
-                         data_preprocessor, init_cfg)
+                         data_preprocessor, init_cfg, reconstruct)
+        if sensitivity is not None and \
+                self.target.get('sampling') != 'sensitivity':
+            raise ValueError("sensitivity: only used with target=dict("
+                             "mode='flops', sampling='sensitivity'), got "
+                             f'target {self.target}')
+        self.sensitivity = check_sensitivity(sensitivity)
         self.metric_batches = int(metric_batches)
         self.cdp_by = cdp_by
         self.pruner = ChannelPruner(self.architecture, self.example_inputs,
@@ -80,9 +104,12 @@ class OneShotPruning(PruningAlgorithm):
     def check_target(cls, target: dict) -> dict:
         target = super().check_target(target)
         sampling = target.setdefault('sampling', 'global')
-        if sampling not in ('uniform', 'global'):
-            raise ValueError(f"target.sampling must be 'uniform' or "
-                             f"'global', got {sampling!r}")
+        if sampling not in ('uniform', 'global', 'sensitivity'):
+            raise ValueError(f"target.sampling must be 'uniform', 'global' "
+                             f"or 'sensitivity', got {sampling!r}")
+        if sampling == 'sensitivity' and target['mode'] != 'flops':
+            raise ValueError("target.sampling='sensitivity' needs "
+                             f"mode='flops', got {target['mode']!r}")
         return target
 
     # -- mmengine model API -----------------------------------------------------------
@@ -131,7 +158,13 @@ class OneShotPruning(PruningAlgorithm):
         scores = self.pruner.get_metric_local(
             collector_options(self.metric)[0], contents)
         t = self.target_at(step)
-        if t['mode'] == 'flops':
+        if t['mode'] == 'flops' and t['sampling'] == 'sensitivity':
+            subnet, rep = allocate_by_sensitivity(
+                self.pruner, scores, t['ratio'], batches,
+                start=self.pruner.subnet, **self.sensitivity)
+            self.report[f'sensitivity_step{step}'] = {
+                k: v for k, v in rep.items() if k != 'trajectory'}
+        elif t['mode'] == 'flops':
             subnet = self.pruner.sample_subnet_for_flops(
                 t['ratio'], scores, mode=t['sampling'])
         elif t['mode'] == 'uniform':

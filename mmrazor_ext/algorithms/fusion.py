@@ -234,6 +234,11 @@ class LayerFusion(PruningAlgorithm):
         leaf_modules: Extra leaf modules for the tracer.
         data_preprocessor: Given to the architecture when its config has
             none.
+        reconstruct: See :class:`PruningAlgorithm`; refits the consumers of
+            the channels pruned by the width step (``channel_pruning``) to
+            the shallower model's outputs (block removal itself has nothing
+            to refit: a removed block's consumers see an identity); without
+            a width step it does nothing.
     """
 
     TARGET_MODES = {'num_blocks': 'num', 'flops': 'ratio'}
@@ -253,10 +258,11 @@ class LayerFusion(PruningAlgorithm):
                  bn_recalib_batches: int = 20,
                  leaf_modules: Iterable[type | str] = (),
                  data_preprocessor: dict | None = None,
-                 init_cfg: dict | None = None):
+                 init_cfg: dict | None = None,
+                 reconstruct: dict | None = None):
         super().__init__(architecture, input_shape, metric, target,
                          init_checkpoint, bn_recalib_batches,
-                         data_preprocessor, init_cfg)
+                         data_preprocessor, init_cfg, reconstruct)
         if removal_mode not in ('identity', 'keep_shortcut'):
             raise ValueError(f"removal_mode must be 'identity' or "
                              f"'keep_shortcut', got {removal_mode!r}")
@@ -359,18 +365,15 @@ class LayerFusion(PruningAlgorithm):
                 'channel_subnet': {k: v.clone() for k, v in subnet.items()}}
 
     def load_structure_state(self, state: dict) -> None:
-        removed = list(state.get('removed') or [])
-        if removed and not self.removed:
-            self._remove(removed)
-        elif removed != self.removed:
-            raise RuntimeError(f'checkpoint removed blocks {removed}, but '
-                               f'this model already removed {self.removed}')
-        merged = list(state.get('merged') or [])
-        if merged and not self.merged:
-            self._merge(merged)
-        elif merged != self.merged:
-            raise RuntimeError(f'checkpoint merged blocks {merged}, but '
-                               f'this model already merged {self.merged}')
+        # removal first, then merging: the order the export applies them
+        for key, apply in (('removed', self._remove), ('merged', self._merge)):
+            saved = list(state.get(key) or [])
+            current = getattr(self, key)
+            if saved and not current:
+                apply(saved)
+            elif saved != current:
+                raise RuntimeError(f'checkpoint {key} blocks {saved}, but '
+                                   f'this model already {key} {current}')
         subnet = state.get('channel_subnet') or {}
         if subnet:
             self._build_width().pruner.set_subnet(subnet)
@@ -450,6 +453,16 @@ class LayerFusion(PruningAlgorithm):
         self.__dict__['_width'] = width
         return width
 
+    def channel_pruner(self):
+        """The width step's pruner (None before it or without one)."""
+        return self._width.pruner if self._width is not None else None
+
+    def reconstruction_reference(self) -> None:
+        """None: the width step is reproduced against the shallower model
+        with its masks removed (the copy taken before :meth:`prune` would
+        still have the removed blocks)."""
+        return None
+
     def prune(self, batches: Iterable, step: int = 1) -> list[str]:
         """Remove the weakest blocks, merge nearly linear ones if
         configured, then prune channels if configured.
@@ -463,6 +476,11 @@ class LayerFusion(PruningAlgorithm):
         if self.channel_pruning is not None:  # the width step's metric data
             need = max(need, int(self.channel_pruning.get('metric_batches',
                                                           16)))
+            sens = self.channel_pruning.get('sensitivity') or {}
+            if (self.channel_pruning.get('target') or {}).get(
+                    'sampling') == 'sensitivity':
+                need = max(need, int(sens.get('bn_batches', 5))
+                           + int(sens.get('eval_batches', 5)))
         if self.merging is not None:
             need = max(need, self.merging['batches'])
         batches = list(itertools.islice(batches, need))

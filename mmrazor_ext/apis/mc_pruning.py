@@ -74,7 +74,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from mmrazor_ext.pruners import ChannelPruner
@@ -88,6 +87,7 @@ from mmrazor_ext.search.amc_search import (
     rebuild_pruned,
 )
 from mmrazor_ext.search.amc_workflow import run_amc
+from mmrazor_ext.sparsity.config import coerce_value, read_yaml_mapping
 
 __all__ = ['MCPruning', 'load_pruning_config']
 
@@ -102,12 +102,16 @@ _DOCKER = {'run_latency': bool, 'chip': str, 'image_path': str,
 _NEED_ARGS = ('model_fn', 'val_fn', 'config_file', 'calib_fn', 'feature_fn')
 
 
-def _check_types(d: Mapping, schema: dict, where: str) -> None:
-    for key, value in d.items():
+def _check_types(d: dict, schema: dict, where: str) -> None:
+    """Check ``d`` in place; YAML text such as ``None`` or ``'10'`` is
+    converted to the type the schema wants first."""
+    for key, value in list(d.items()):
         if key not in schema:
             raise KeyError(f'{where}.{key}: unknown key; allowed keys: '
                            f'{", ".join(schema)}')
         types = schema[key]
+        value = d[key] = coerce_value(
+            value, types if isinstance(types, tuple) else (types,))
         ok = isinstance(value, types)
         if isinstance(value, bool) and bool not in (
                 types if isinstance(types, tuple) else (types,)):
@@ -133,8 +137,8 @@ def load_pruning_config(config_file: str | Mapping) -> dict:
     else:
         if not osp.isfile(config_file):
             raise FileNotFoundError(f'config_file: {config_file} not found')
-        with open(config_file) as f:
-            cfg = yaml.safe_load(f) or {}
+        # a tab in the indentation is an error naming its line
+        cfg = read_yaml_mapping(config_file, where='config_file')
     if not isinstance(cfg, Mapping):
         raise ValueError('config_file: the YAML must be a mapping of '
                          f'sections {", ".join(_SECTIONS)}')

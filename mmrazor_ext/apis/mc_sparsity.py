@@ -31,12 +31,12 @@ ordinary training loop (each ``optimizer.step()`` keeps the masks applied).
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.sparsity import SparsityConfigError, build_sparse_scheduler
 from mmrazor_ext.sparsity.base_scheduler import discover_layers
+from mmrazor_ext.sparsity.config import coerce_value, read_yaml_mapping
 from mmrazor_ext.sparsity.sparse_modules import SPARSIFIABLE, iter_sparse_layers
 from mmrazor_ext.utils.io import atomic_torch_save
 
@@ -48,11 +48,16 @@ _ASP_CFG = {'sparsity_method': str, 'target_sparsity': (float, int)}
 
 
 def _check(d: dict, schema: dict, where: str) -> None:
-    for key, value in d.items():
+    """Check ``d`` in place; YAML text such as ``None`` or ``'0.5'`` is
+    converted to the type the schema wants first."""
+    for key, value in list(d.items()):
         if key not in schema:
             raise SparsityConfigError(
                 f'{where}{key}: unknown key; allowed keys: {", ".join(schema)}')
-        if not isinstance(value, schema[key]) or isinstance(value, bool):
+        types = schema[key] if isinstance(schema[key], tuple) \
+            else (schema[key],)
+        value = d[key] = coerce_value(value, types)
+        if not isinstance(value, types) or isinstance(value, bool):
             raise SparsityConfigError(
                 f'{where}{key}: wrong type {type(value).__name__}')
 
@@ -69,14 +74,16 @@ def load_config(config_file: str | Mapping) -> dict:
     if isinstance(config_file, Mapping):
         cfg = dict(config_file)
     else:
-        with open(config_file) as f:
-            cfg = yaml.safe_load(f) or {}
+        # a tab in the indentation is an error naming its line
+        cfg = read_yaml_mapping(config_file, where='config_file')
     if not isinstance(cfg, dict):
         raise SparsityConfigError('config_file: the YAML must be a mapping of '
                                   f'sections {", ".join(_SECTIONS)}')
     _check(cfg, _SECTIONS, '')
-    _check(cfg.get('app_args') or {}, _APP_ARGS, 'app_args.')
-    asp = cfg.get('asp_cfg') or {}
+    # copies: conversions must not change the caller's dict
+    cfg['app_args'] = dict(cfg.get('app_args') or {})
+    _check(cfg['app_args'], _APP_ARGS, 'app_args.')
+    asp = cfg['asp_cfg'] = dict(cfg.get('asp_cfg') or {})
     _check(asp, _ASP_CFG, 'asp_cfg.')
     if 'target_sparsity' not in asp:
         raise SparsityConfigError('asp_cfg.target_sparsity: required')
@@ -195,7 +202,7 @@ class MCSparsity:
         """Save the weights, masks and the sparsity setting.
 
         The file is the weights file of the package's one saved format
-        (:mod:`mmrazor_ext.algorithms.pruned_model`): ``state_dict`` and
+        (:mod:`mmrazor_ext.pruners.pruned_model`): ``state_dict`` and
         ``meta``, here with the ``mc_sparsity`` entry in place of a pruned
         structure (sparsity removes no channel); written atomically.
 

@@ -1,6 +1,6 @@
 """A config's (architecture) model, data and example inputs, for tools.
 
-The analysis, visualization and deploy tools (and ``tools/model_loading.py``)
+The analysis, visualization and deploy tools
 read configs and checkpoints through these, so each of them does it the same
 way.
 """
@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
 
 __all__ = ['SIZES', 'add_model_args', 'build_from_args', 'build_from_config',
-           'build_loader']
+           'build_loader', 'model_tool_parser']
 
 # Input side per dataset type when a tool is not told ``--shape``.
 SIZES = {'FashionMNIST': 28, 'CIFAR10': 32, 'ImageNet': 224}
@@ -64,6 +64,17 @@ def add_model_args(parser: argparse.ArgumentParser
     parser.add_argument('config', help='baseline or algorithm config')
     parser.add_argument('checkpoint', help='trained weights (either kind)')
     return add_cfg_options_arg(parser)
+
+
+def model_tool_parser(description: str, batch_size: int
+                      ) -> argparse.ArgumentParser:
+    """The parser of an analysis tool that reads a trained model and writes
+    its results to a folder: :func:`add_model_args`' arguments,
+    ``--out-dir`` (required) and ``--batch-size`` (default ``batch_size``)."""
+    parser = add_model_args(argparse.ArgumentParser(description=description))
+    parser.add_argument('--out-dir', required=True)
+    parser.add_argument('--batch-size', type=int, default=batch_size)
+    return parser
 
 
 def build_from_args(args: argparse.Namespace):

@@ -1,3 +1,5 @@
+"""Every Runner plug-in: hooks, loops, the LR schedule, the Runner itself
+and safe checkpoint loading for every scheme."""
 from .checkpoint import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
@@ -7,7 +9,13 @@ from .checkpoint import (
     safe_load,
 )
 from .config_checks import ConfigFieldError, check_config
-from .hooks import *  # noqa: F401,F403
+from .hooks import (
+    AMCPruningHook,
+    PruningHook,
+    RandomStateHook,
+    SparsityHook,
+    SubnetReconstructHook,
+)
 from .loops.resumable_loop import ResumableEpochBasedTrainLoop
 from .runner import Runner, adapt_to_device, build_runner
 from .schedulers import OneCycleLR
@@ -16,5 +24,7 @@ __all__ = [
     'CheckpointMismatchError', 'ConfigFieldError', 'OneCycleLR',
     'ResumableEpochBasedTrainLoop', 'Runner', 'UnsafeCheckpointError',
     'adapt_to_device', 'add_safe_globals', 'build_runner', 'check_config',
-    'load_model_state', 'safe_globals', 'safe_load'
+    'load_model_state', 'safe_globals', 'safe_load',
+    'AMCPruningHook', 'PruningHook', 'RandomStateHook', 'SparsityHook',
+    'SubnetReconstructHook'
 ]

@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 # Globals found in checkpoints written by this project through mmengine's
-# CheckpointHook (see tests/test_checkpoint.py, which fails when a new one
+# CheckpointHook (see tests/tools/test_train.py::
+# test_checkpoint_needs_only_allow_listed_globals, which fails when a new one
 # appears). numpy arrays inside HistoryBuffer pickle through these.
 _SAFE_GLOBALS: list = [
     HistoryBuffer,
@@ -324,6 +325,15 @@ _register_loaders()
 def _pruned_hint(checkpoint, filename: str) -> str:
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     subnet = (meta or {}).get('subnet') if isinstance(meta, dict) else None
+    if subnet is None and isinstance(checkpoint, dict) and \
+            isinstance(checkpoint.get('subnet'), dict):
+        # the one pruned-model format (pruners/pruned_model.py)
+        subnet = 'the mmrazor_ext.subnet structure stored in it'
+        return (f'\nHint: {filename} holds a pruned model ({subnet}). '
+                'Rebuild it with mmrazor_ext.algorithms.load_pruned_model('
+                f"model, '{filename}') on a freshly built model of this "
+                'config; or pass --non-strict to load only the matching '
+                'tensors.')
     if subnet is None and isinstance(checkpoint, dict) and \
             'kmc_pruning' in checkpoint:
         subnet = 'the kmc_pruning structure stored in it'

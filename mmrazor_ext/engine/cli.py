@@ -8,6 +8,8 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
+from .config_guard import guard_config
+
 __all__ = ['add_runner_args', 'load_config', 'set_local_rank']
 
 
@@ -37,12 +39,15 @@ def set_local_rank(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """The config of ``args.config`` with ``--cfg-options`` applied, then
-    the launcher, work dir (default ``work_dirs/<config name>``) and
-    ``load_strict`` from the flags."""
+    """The config of ``args.config`` with ``--cfg-options`` applied and
+    guarded (:func:`~mmrazor_ext.engine.config_guard.guard_config`:
+    mmcv-1.x keys are errors, ``sparsity=`` adds the SparsityHook, unread
+    keys are warned about), then the launcher, work dir (default
+    ``work_dirs/<config name>``) and ``load_strict`` from the flags."""
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    guard_config(cfg)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -294,7 +294,8 @@ def warn_unread_keys(cfg: Mapping, tool: str | None = None) -> list[str]:
         The keys warned about.
     """
     keys = unread_keys(cfg) or []
-    if keys:
+    # Under torchrun every rank loads the config: warn once.
+    if keys and os.environ.get('RANK', '0') == '0':
         hint = (' (leaf_module is read only beside sparsity=)'
                 if 'leaf_module' in keys else '')
         print_log(f'{_prefix(tool)}config keys that nothing reads (a typo? '

@@ -15,7 +15,7 @@ Differences from ``mmengine.runner.Runner``:
   does not fit the model is an error listing the mismatches, unless
   ``load_strict=False`` (``--non-strict``).
 * **Bit-exact resume.** The training loader is made resumable
-  (:mod:`mmrazor_ext.engine.resumable`: per-sample seeds, batch skipping),
+  (:mod:`mmrazor_ext.engine.loops.resumable_loop`: per-sample seeds, batch skipping),
   epoch loops can resume inside an epoch, and
   :class:`~mmrazor_ext.engine.hooks.RandomStateHook` checkpoints the RNGs.
 * Algorithms keep plain Python state (pruning step, masks, search

@@ -43,7 +43,7 @@ from .merge import (
 )
 from .op_table import OpTable
 from .rules import register_function_rule, register_module_rule
-from .tracer import TraceError, default_concrete_args, trace_model
+from .tracer import TraceError, default_concrete_args, node_outputs_module, trace_model
 
 __all__ = ['BlockAnalysis', 'BlockInfo', 'find_blocks', 'remove_blocks',
            'find_conv_bn_pairs', 'fold_bn',
@@ -57,4 +57,4 @@ __all__ = ['BlockAnalysis', 'BlockInfo', 'find_blocks', 'remove_blocks',
            'check_equivalence', 'default_concrete_args', 'export_pruned',
            'fuse_conv_bn', 'register_exporter', 'register_function_rule',
            'register_module_rule', 'remove_masks', 'run_tensor_forward',
-           'trace_model']
+           'node_outputs_module', 'trace_model']

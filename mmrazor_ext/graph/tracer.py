@@ -16,7 +16,8 @@ from torch import nn
 
 from .layer_kinds import is_layer_kind_class
 
-__all__ = ['TraceError', 'trace_model', 'default_concrete_args']
+__all__ = ['TraceError', 'trace_model', 'default_concrete_args',
+           'node_outputs_module']
 
 
 class TraceError(RuntimeError):
@@ -145,6 +146,27 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             'leaf_modules=(...) or pass concrete_args.') from e
     name = type(model).__name__
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def node_outputs_module(gm: fx.GraphModule, node_names: list[str]
+                        ) -> fx.GraphModule:
+    """A GraphModule sharing ``gm``'s modules that returns the tuple of the
+    named nodes' values, in the order given; the nodes after the last of
+    them are not run.
+
+    Args:
+        gm: A traced module (e.g. from :func:`trace_model`).
+        node_names: Names of nodes of ``gm.graph``, each at most once.
+    """
+    graph = fx.Graph()
+    env: dict = {}
+    graph.graph_copy(gm.graph, env)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    graph.output(tuple(env[by_name[n]] for n in node_names))
+    inst = fx.GraphModule(gm, graph)
+    inst.graph.eliminate_dead_code()
+    inst.recompile()
+    return inst
 
 
 def is_tensor(x: Any) -> bool:

@@ -8,7 +8,12 @@ import pkgutil as _pkgutil
 
 from .apoz import APoZMetric
 from .base import ChannelMetric, producer_weights, scatter_to_spaces
-from .block_base import BlockFeatureCollector, LayerMetric, hsic_terms
+from .block_base import (
+    BlockFeatureCollector,
+    BlockStatMetric,
+    LayerMetric,
+    hsic_terms,
+)
 from .block_cka import BlockCKAMetric
 from .block_cosine import BlockCosineMetric
 from .block_weight_norm import BlockWeightNormMetric
@@ -44,7 +49,7 @@ from .templates import FeatureStatMetric, WeightMetric
 
 __all__ = [
     'BlockCKAMetric', 'BlockCosineMetric', 'BlockFeatureCollector',
-    'BlockWeightNormMetric', 'LayerMetric', 'hsic_terms',
+    'BlockStatMetric', 'BlockWeightNormMetric', 'LayerMetric', 'hsic_terms',
     'APoZMetric', 'BNScaleMetric', 'CDPMetric', 'ChannelMetric',
     'FMReconstructionCollector', 'FMReconstructionMetric', 'FeatureCollector',
     'FEATURE_RULES', 'FeatureLayout', 'FeatureRule', 'LABELS_KEY',

@@ -23,7 +23,16 @@ from mmrazor_ext.graph import get_layer_kind
 
 from .feature_stats import statistic_contents
 
-__all__ = ['ChannelMetric', 'scatter_to_spaces', 'producer_weights']
+__all__ = ['ChannelMetric', 'scatter_to_spaces', 'producer_weights',
+           'registered_name']
+
+
+def registered_name(cls: type) -> str:
+    """The name of a metric class in ``METRICS`` (the class name if
+    unregistered)."""
+    from mmrazor_ext.registry import METRICS
+    return next((k for k, v in METRICS.module_dict.items() if v is cls),
+                cls.__name__)
 
 
 class ChannelMetric:
@@ -50,9 +59,7 @@ class ChannelMetric:
     @classmethod
     def registered_name(cls) -> str:
         """The name in ``METRICS`` (the class name if unregistered)."""
-        from mmrazor_ext.registry import METRICS
-        return next((k for k, v in METRICS.module_dict.items() if v is cls),
-                    cls.__name__)
+        return registered_name(cls)
 
     @classmethod
     def check_contents(cls, graph, contents: dict[str, Any]
@@ -81,6 +88,19 @@ class ChannelMetric:
         """
         return statistic_contents(self.needs, graph, model, contents,
                                   self.registered_name())
+
+    def required_contents(self, graph, model: nn.Module,
+                          contents: dict[str, Any] | None, what: str
+                          ) -> dict[str, torch.Tensor]:
+        """:meth:`prepare_contents` of ``contents``, which this metric
+        cannot do without.
+
+        Raises:
+            ValueError: ``contents`` is empty (``'<name> needs <what>'``).
+        """
+        if not contents:
+            raise ValueError(f'{self.registered_name()} needs {what}')
+        return self.prepare_contents(graph, model, contents)
 
 
 def producer_weights(graph, model: nn.Module) -> dict[str, torch.Tensor]:

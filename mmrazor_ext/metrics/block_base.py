@@ -19,9 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-__all__ = ['LayerMetric', 'BlockFeatureCollector', 'hsic_terms']
+from mmrazor_ext.graph import node_outputs_module
+
+from .base import registered_name
+
+__all__ = ['LayerMetric', 'BlockStatMetric', 'BlockFeatureCollector',
+           'hsic_terms']
 
 
 class LayerMetric:
@@ -45,6 +50,24 @@ class LayerMetric:
             raise KeyError(f'{name}: unknown blocks in contents: '
                            f'{sorted(unknown)}')
         return contents
+
+
+class BlockStatMetric(LayerMetric):
+    """Template of a feature metric that scores each block from its own
+    :meth:`BlockFeatureCollector.statistics` entry: a subclass implements
+    :meth:`block_score`."""
+
+    requires_features = True
+
+    def block_score(self, stats: dict) -> float:
+        """Importance of one block from ``{'hsic', 'cos_sum', 'n'}``."""
+        raise NotImplementedError
+
+    def __call__(self, blocks, model: nn.Module,
+                 contents: dict | None = None) -> dict[str, float]:
+        contents = self._check(blocks, contents, registered_name(type(self)))
+        return {name: self.block_score(stats)
+                for name, stats in contents.items()}
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -92,25 +115,11 @@ class BlockFeatureCollector:
                            blocks.blocks[n].output_node) for n in names}
         nodes = list(dict.fromkeys(p for pair in self.points.values()
                                    for p in pair))
-        self._gm = self._instrument(blocks.gm, nodes)
+        self._gm = node_outputs_module(blocks.gm, nodes)
         self._order = nodes
         self._hsic = {n: torch.zeros(3, dtype=torch.float64) for n in names}
         self._cos = dict.fromkeys(names, 0.0)
         self.num_samples = 0
-
-    @staticmethod
-    def _instrument(gm: fx.GraphModule, node_names: list[str]
-                    ) -> fx.GraphModule:
-        """A GraphModule (sharing gm's modules) returning the given nodes."""
-        graph = fx.Graph()
-        env: dict = {}
-        graph.graph_copy(gm.graph, env)
-        by_name = {n.name: n for n in gm.graph.nodes}
-        graph.output(tuple(env[by_name[n]] for n in node_names))
-        inst = fx.GraphModule(gm, graph)
-        inst.graph.eliminate_dead_code()  # stop after the last block
-        inst.recompile()
-        return inst
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor | Sequence[torch.Tensor]) -> None:

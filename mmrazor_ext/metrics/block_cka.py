@@ -8,31 +8,22 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-
 from mmrazor_ext.registry import METRICS
 
-from .block_base import LayerMetric
+from .block_base import BlockStatMetric
 
 
 @METRICS.register_module('block_cka')
-class BlockCKAMetric(LayerMetric):
+class BlockCKAMetric(BlockStatMetric):
     """``1 - linear CKA(block input, block output)`` per block.
 
     ``contents``: :meth:`BlockFeatureCollector.statistics` (needs at least
     two samples per batch; more batches give a steadier estimate).
     """
 
-    requires_features = True
-
-    def __call__(self, blocks, model: nn.Module,
-                 contents: dict | None = None) -> dict[str, float]:
-        contents = self._check(blocks, contents, 'block_cka')
-        scores = {}
-        for name, stats in contents.items():
-            kl, kk, ll = (float(v) for v in stats['hsic'])
-            denom = math.sqrt(max(kk * ll, 0.0))
-            # a constant feature (e.g. zero block output) has no similarity
-            cka = kl / denom if denom > 0 else 0.0
-            scores[name] = 1.0 - cka
-        return scores
+    def block_score(self, stats: dict) -> float:
+        kl, kk, ll = (float(v) for v in stats['hsic'])
+        denom = math.sqrt(max(kk * ll, 0.0))
+        # a constant feature (e.g. zero block output) has no similarity
+        cka = kl / denom if denom > 0 else 0.0
+        return 1.0 - cka

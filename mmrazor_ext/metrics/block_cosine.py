@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-
 from mmrazor_ext.registry import METRICS
 
-from .block_base import LayerMetric
+from .block_base import BlockStatMetric
 
 
 @METRICS.register_module('block_cosine')
-class BlockCosineMetric(LayerMetric):
+class BlockCosineMetric(BlockStatMetric):
     """``1 - mean over samples of cos(block input, block output)``.
 
     ``contents``: :meth:`BlockFeatureCollector.statistics`.
     """
 
-    requires_features = True
-
-    def __call__(self, blocks, model: nn.Module,
-                 contents: dict | None = None) -> dict[str, float]:
-        contents = self._check(blocks, contents, 'block_cosine')
-        scores = {}
-        for name, stats in contents.items():
-            cos = stats['cos_sum'] / max(stats['n'], 1)
-            scores[name] = math.inf if math.isnan(cos) else 1.0 - cos
-        return scores
+    def block_score(self, stats: dict) -> float:
+        cos = stats['cos_sum'] / max(stats['n'], 1)
+        return math.inf if math.isnan(cos) else 1.0 - cos

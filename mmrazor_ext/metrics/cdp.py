@@ -78,14 +78,12 @@ class CDPMetric(ChannelMetric):
     def __call__(self, graph, model: nn.Module,
                  contents: dict[str, Any] | None = None
                  ) -> dict[str, torch.Tensor]:
-        if not contents:
-            raise ValueError(
-                'cdp needs collected features: contents={layer: (documents, '
-                'channels)} from FeatureCollector(stats=("pooled",)) or '
-                '{layer: (N, C, H, W) feature maps}')
+        docs_per_layer = self.required_contents(
+            graph, model, contents, 'collected features: contents={layer: '
+            '(documents, channels)} from FeatureCollector(stats=("pooled",)) '
+            'or {layer: (N, C, H, W) feature maps}')
         scores = {}
-        for layer, docs in self.prepare_contents(graph, model,
-                                                 contents).items():
+        for layer, docs in docs_per_layer.items():
             s = cdp_scores(docs, self.coe)
             if self.member_norm == 'max':
                 s = s / s.abs().max().clamp(min=_EPS)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from mmrazor_ext.graph import node_outputs_module
 from mmrazor_ext.registry import METRICS
 
 from .feature_stats import (
@@ -136,7 +137,8 @@ class FeatureCollector:
         self._channel_dim = {
             name: feature_layout(graph, graph.gm, name).channel_dim
             if name in graph.layers else 1 for name in self.points}
-        self._gm = self._instrument(graph.gm, list(self.points.values()))
+        self._order = list(dict.fromkeys(self.points.values()))
+        self._gm = node_outputs_module(graph.gm, self._order)
         self.num_samples = 0
         self._pooled_sum: dict[str, torch.Tensor] = {}
         self._class_count = torch.zeros(num_classes or 0)
@@ -144,22 +146,6 @@ class FeatureCollector:
         self._zeros: dict[str, torch.Tensor] = {}
         self._elements: dict[str, int] = {}
         self._rank_sum: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def _instrument(gm: fx.GraphModule, node_names: list[str]
-                    ) -> fx.GraphModule:
-        """A GraphModule (sharing gm's modules) returning the given nodes."""
-        new = fx.Graph()
-        val_map: dict = {}
-        new.graph_copy(gm.graph, val_map)
-        by_name = {n.name: n for n in gm.graph.nodes}
-        unique = list(dict.fromkeys(node_names))
-        new.output(tuple(val_map[by_name[n]] for n in unique))
-        inst = fx.GraphModule(gm, new)
-        inst.graph.eliminate_dead_code()  # skip layers after the last point
-        inst.recompile()
-        inst._point_order = unique
-        return inst
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -175,7 +161,7 @@ class FeatureCollector:
             outs = self._gm(*inputs)
         finally:
             self._gm.train(training)
-        by_node = dict(zip(self._gm._point_order, outs))
+        by_node = dict(zip(self._order, outs))
         for layer, node in self.points.items():
             self._accumulate(layer, by_node[node].detach().float(), labels)
         self.num_samples += inputs[0].shape[0]

@@ -9,10 +9,11 @@ contributions (:func:`contribution_gram`), which is accumulated batch by
 batch (running statistic) at ``n_points_per_fm`` random positions per
 feature map. The removal order is the score (removed last = most
 important); a space sums its consumers'. AMC's least-squares weight update
-for the kept channels is :func:`least_squares_weights` (and
-:func:`reconstruct_weights` for a whole consumer); it needs the sampled
-input patches themselves, which :class:`FMReconstructionCollector` keeps
-when asked (``keep_points=True``).
+for the kept channels needs the sampled input patches themselves, which
+:class:`FMReconstructionCollector` keeps when asked (``keep_points=True``);
+the solve itself is the pruners' one
+(:func:`mmrazor_ext.pruners.solve_consumer`, shared with
+:meth:`ChannelPruner.reconstruct`), which metrics/ may not import.
 """
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ from .feature_stats import FeatureLayout, register_feature_rule
 __all__ = ['FMReconstructionCollector', 'FMReconstructionMetric',
            'contribution_gram', 'fm_consumers', 'gram_from_inputs',
            'greedy_removal_order',
-           'input_patches', 'layer_weight3', 'least_squares_weights',
-           'reconstruct_weights']
+           'input_patches', 'layer_weight3', 'least_squares_weights']
 
 
 def fm_consumers(graph, model: nn.Module) -> list[str]:
@@ -271,7 +271,9 @@ def greedy_removal_order(gram: torch.Tensor) -> torch.Tensor:
 
 def least_squares_weights(x: torch.Tensor, y: torch.Tensor,
                           keep: torch.Tensor) -> torch.Tensor:
-    """Weights on kept input channels that best reproduce ``y`` (AMC).
+    """Plain least-squares weights on kept input channels (a reference
+    formula kept for the public API; AMC and :meth:`ChannelPruner.reconstruct`
+    refit with :func:`mmrazor_ext.pruners.solve_consumer` instead).
 
     Args:
         x: (P, C, K) sampled input patches.
@@ -284,29 +286,6 @@ def least_squares_weights(x: torch.Tensor, y: torch.Tensor,
     xk = x[:, keep].reshape(x.shape[0], -1)
     sol = torch.linalg.lstsq(xk.double(), y.double()).solution  # (C_k*K, O)
     return sol.t().reshape(y.shape[1], int(keep.sum()), -1).float()
-
-
-def reconstruct_weights(x: torch.Tensor, w: torch.Tensor,
-                        keep: torch.Tensor) -> torch.Tensor:
-    """A consumer's weights refit to its original outputs on kept inputs.
-
-    Args:
-        x: (P, C, K) input patches sampled on the original model.
-        w: (O, C, K) original weights.
-        keep: (C,) bool mask of kept input channels.
-
-    Returns:
-        (O, C, K) weights: least squares on the kept channels (columns of
-        pruned channels keep their old values; they are masked anyway);
-        ``w`` itself when every channel is kept.
-    """
-    if bool(keep.all()):
-        return w
-    w = w.float().cpu()
-    y = torch.einsum('pck,ock->po', x, w)
-    new = w.clone()
-    new[:, keep] = least_squares_weights(x, y, keep).to(new)
-    return new
 
 
 @METRICS.register_module('fm_reconstruction')

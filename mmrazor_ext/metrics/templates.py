@@ -69,11 +69,9 @@ class FeatureStatMetric(ChannelMetric):
     def __call__(self, graph, model: nn.Module,
                  contents: dict[str, Any] | None = None
                  ) -> dict[str, torch.Tensor]:
-        if not contents:
-            raise ValueError(
-                f'{self.registered_name()} needs contents={{layer: '
-                f'{self.needs} statistic}} from FeatureCollector(stats='
-                f'({self.needs!r},)) or {{layer: feature maps}}')
-        stats = self.prepare_contents(graph, model, contents)
+        stats = self.required_contents(
+            graph, model, contents, f'contents={{layer: {self.needs} '
+            f'statistic}} from FeatureCollector(stats=({self.needs!r},)) or '
+            '{layer: feature maps}')
         scores = {k: self.channel_scores(v.float()) for k, v in stats.items()}
         return scatter_to_spaces(graph, scores, role='out', reduce='mean')

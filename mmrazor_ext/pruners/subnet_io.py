@@ -1,17 +1,20 @@
 """Saved subnets: the JSON file that rebuilds a pruned model.
 
-Format (``format: mmrazor_ext.subnet``, ``version: 1``)::
+Format (``format: mmrazor_ext.subnet``, ``version: 2``)::
 
-    {"format": "mmrazor_ext.subnet", "version": 1,
+    {"format": "mmrazor_ext.subnet", "version": 2,
      "example_inputs": [{"shape": [1, 3, 32, 32], "dtype": "torch.float32"}],
      "ignore_layers": [...],
      "spaces": {"<space>": {"num_channels": 16, "kept": [0, 3, ...]}},
+     "bn_folded": false, "meta": {},
      "weights": "subnet.pth"}          # optional, next to the JSON
+
+This is the channel-only form of the one saved format
+(:mod:`mmrazor_ext.pruners.pruned_model` adds optional depth steps).
 
 Reading validates everything before any model is built; every error is a
 :class:`SubnetFileError` (a ``ValueError``) naming the file and the field.
-Version 2 files (``mmrazor_ext.algorithms.pruned_model``) share these
-fields and are validated by the same :func:`check_subnet`.
+Version 1 files (the same without ``bn_folded`` / ``meta``) still load.
 Weights named by the file must lie in the JSON's folder (a caller may pass
 any other path explicitly) and are read with the project's safe loader.
 """
@@ -35,10 +38,11 @@ __all__ = ['SUBNET_FORMAT', 'SUBNET_VERSION', 'SubnetFileError',
            'load_weights']
 
 SUBNET_FORMAT = 'mmrazor_ext.subnet'
-#: version :func:`write_subnet` writes (``ChannelPruner.save_subnet``)
-SUBNET_VERSION = 1
-#: versions read; version 2 (the algorithms' one saved format) adds depth
-#: steps and metadata around the same ``spaces`` / ``weights`` fields
+#: version written everywhere (the one saved format, also
+#: ``ChannelPruner.save_subnet``); version 1 files (no ``bn_folded`` /
+#: ``meta``) are still read. Version 2 may add depth steps around the same
+#: ``spaces`` / ``weights`` fields.
+SUBNET_VERSION = 2
 READ_VERSIONS = (1, 2)
 
 
@@ -58,6 +62,7 @@ def subnet_record(subnet: Mapping[str, torch.Tensor], spaces: Mapping,
         'spaces': {name: {'num_channels': spaces[name].num_channels,
                           'kept': m.nonzero().reshape(-1).tolist()}
                    for name, m in subnet.items()},
+        'bn_folded': False, 'meta': {},
     }
 
 

@@ -6,9 +6,14 @@ L1 score; ``fm-reconstruction`` ranks by ThiNet's greedy feature-map
 reconstruction order and then solves least squares for the consumers'
 weights on the kept input channels (AMC), from ``n_points_per_fm`` sampled
 points per feature map collected once on the original model (at most
-``max_fm_points`` per consumer). The sampling, the Gram matrices, the
-ranking and the least-squares fit are those of
-:mod:`mmrazor_ext.metrics.fm_reconstruction`.
+``max_fm_points`` per consumer). The sampling, the Gram matrices and the
+ranking are those of :mod:`mmrazor_ext.metrics.fm_reconstruction`; the
+weight refit is the pruners' one least-squares solve
+(:func:`~mmrazor_ext.pruners.solve_consumer`, the same
+:class:`~mmrazor_ext.pruners.LeastSquaresStats` that
+:meth:`ChannelPruner.reconstruct` uses), without intercept (BN is
+recalibrated before every episode is scored) and with a small relative
+ridge (``ridge``) that keeps under-determined fits stable.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ from torch import nn
 from mmrazor_ext.metrics.fm_reconstruction import (
     FMReconstructionCollector,
     fm_consumers,
-    reconstruct_weights,
 )
+from mmrazor_ext.pruners import check_ridge, solve_consumer
 
 from .amc_decisions import Decision
 
@@ -52,11 +57,17 @@ class ChannelChooser:
         seed: Seed of stochastic-l1-rank and of the feature sampling.
         max_fm_points: Cap of sampled points per consumer (None:
             :func:`default_fm_points`).
+        ridge: Relative ridge of the weight refit
+            (:meth:`~mmrazor_ext.pruners.LeastSquaresStats.solve`).
+
+    Attributes:
+        refit_report (dict): ``{consumer: {rel_error_before,
+            rel_error_after, points}}`` of the last refit of each consumer.
     """
 
     def __init__(self, pruner, decisions: Sequence[Decision], method: str,
                  n_points_per_fm: int = 10, seed: int = 0,
-                 max_fm_points: int | None = None):
+                 max_fm_points: int | None = None, ridge: float = 1e-5):
         if method not in PRUNING_METHODS:
             raise ValueError(f'amc_cfg.pruning_method: unknown method '
                              f'{method!r}; choose one of '
@@ -73,6 +84,8 @@ class ChannelChooser:
         self.seed = int(seed)
         self.max_fm_points = None if max_fm_points is None \
             else int(max_fm_points)
+        self.ridge = check_ridge(ridge, 'ridge')
+        self.refit_report: dict[str, dict[str, float]] = {}
         self.rng = np.random.default_rng(seed)
         l1 = pruner.get_metric_local('l1')
         self.l1_scores = {d.space: l1[d.space] for d in self.decisions}
@@ -150,7 +163,8 @@ class ChannelChooser:
     @torch.no_grad()
     def reconstruct(self, space: str, gmask: torch.Tensor,
                     orig_state: dict[str, torch.Tensor]) -> None:
-        """Least-squares update of the consumers reading ``space``.
+        """Least-squares refit of the consumers reading ``space`` on their
+        kept input channels (:func:`~mmrazor_ext.pruners.solve_consumer`).
 
         Args:
             space: The space just pruned.
@@ -161,6 +175,7 @@ class ChannelChooser:
             keep = gmask[self.graph.layers[name].in_index].reshape(-1)
             w = orig_state[name + '.weight']
             w3 = w.reshape(w.shape[0], w.shape[1], -1).float()
-            new = reconstruct_weights(self.features[name], w3, keep)
+            new, self.refit_report[name] = solve_consumer(
+                self.features[name], w3, keep, self.ridge)
             mod = self.model.get_submodule(name)
             mod.weight.copy_(new.reshape(mod.weight.shape))

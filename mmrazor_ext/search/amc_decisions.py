@@ -122,15 +122,26 @@ def _check_listed(graph, model: nn.Module, layers: list[str], where: str
                              'conv / linear layer of the traced graph')
 
 
+# why a layer's input / output channels may map to no space
+_UNPRUNABLE = {'in': ('input', 'come from the network input'),
+               'out': ('output', 'reach the network output')}
+
+
+def _prunable_channels(graph, name: str, role: str, where: str) -> list:
+    """``graph.channel_map(name, role)``, which must not be empty."""
+    touched = graph.channel_map(name, role)
+    if not touched:
+        side, why = _UNPRUNABLE[role]
+        raise ValueError(f'{where}: the {side} channels of {name!r} cannot '
+                         f'be pruned (they {why} or an ignored layer)')
+    return touched
+
+
 def _input_decisions(graph, layers: list[str], where: str
                      ) -> list[Decision]:
     decisions = []
     for name in layers:
-        touched = graph.channel_map(name, 'in')
-        if not touched:
-            raise ValueError(
-                f'{where}: the input channels of {name!r} cannot be pruned '
-                '(they come from the network input or an ignored layer)')
+        touched = _prunable_channels(graph, name, 'in', where)
         n_in = graph.layers[name].in_index.numel()
         spaces = [s for s, _, _ in touched]
         covered = sum(sel.numel() for _, sel, _ in touched)
@@ -176,11 +187,7 @@ def _output_decisions(graph, layers: list[str], where: str
                       ) -> list[Decision]:
     order: dict[str, str] = {}
     for name in layers:
-        touched = graph.channel_map(name, 'out')
-        if not touched:
-            raise ValueError(
-                f'{where}: the output channels of {name!r} cannot be pruned '
-                '(they reach the network output or an ignored layer)')
+        touched = _prunable_channels(graph, name, 'out', where)
         for space, _, _ in touched:
             order.setdefault(space, name)
     listed = set(layers)

@@ -24,7 +24,7 @@ import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,21 @@ def _number(value, where, integer=False):
     return int(value) if integer else float(value)
 
 
+def _choice(cfg: Mapping[str, Any], key: str, allowed: Collection[str],
+            where: str, noun: str = '') -> None:
+    """Raise a ValueError naming ``where.key`` unless ``cfg[key]`` is one of
+    ``allowed`` (``noun``: what an entry is, for the message)."""
+    value = cfg[key]
+    if value in allowed:
+        return
+    if len(allowed) == 1:
+        only, = allowed
+        raise ValueError(f'{where}.{key}: only {only!r} is supported, got '
+                         f'{value!r}')
+    raise ValueError(f'{where}.{key}: unknown {noun} {value!r}; choose one '
+                     f'of {", ".join(allowed)}')
+
+
 def parse_amc_cfg(cfg: Mapping[str, Any] | None, where: str = 'amc_cfg'
                   ) -> dict:
     """Validate an ``amc_cfg`` dict and fill defaults.
@@ -93,20 +108,10 @@ def parse_amc_cfg(cfg: Mapping[str, Any] | None, where: str = 'amc_cfg'
                            f'{", ".join(_AMC_DEFAULTS)}')
     res = dict(_AMC_DEFAULTS)
     res.update({k: v for k, v in cfg.items() if v is not None})
-    if res['agent_algo'] != 'DDPG':
-        raise ValueError(f"{where}.agent_algo: only 'DDPG' is supported, got "
-                         f"{res['agent_algo']!r}")
-    if res['protocol'] not in PROTOCOLS:
-        raise ValueError(f"{where}.protocol: unknown protocol "
-                         f"{res['protocol']!r}; choose one of "
-                         f'{", ".join(PROTOCOLS)}')
-    if res['pruning_pattern'] != 'channels':
-        raise ValueError(f"{where}.pruning_pattern: only 'channels' is "
-                         f"supported, got {res['pruning_pattern']!r}")
-    if res['pruning_method'] not in PRUNING_METHODS:
-        raise ValueError(f"{where}.pruning_method: unknown method "
-                         f"{res['pruning_method']!r}; choose one of "
-                         f'{", ".join(PRUNING_METHODS)}')
+    _choice(res, 'agent_algo', ('DDPG',), where)
+    _choice(res, 'protocol', PROTOCOLS, where, 'protocol')
+    _choice(res, 'pruning_pattern', ('channels',), where)
+    _choice(res, 'pruning_method', PRUNING_METHODS, where, 'method')
     td = _number(res['target_density'], f'{where}.target_density')
     if not 0 < td < 1:
         raise ValueError(f'{where}.target_density: must be in (0, 1) (the '

@@ -9,10 +9,8 @@ from .config import (
     TOP_LEVEL_KEYS,
     SparsityConfigError,
     check_component,
-    coerce_value,
+    checked_entries,
     load_sparsity_yaml,
-    type_names,
-    type_ok,
     validate_kwargs,
 )
 from .fake_sparse import FakeSparse
@@ -55,19 +53,9 @@ def build_sparse_scheduler(sparsity_config: Mapping[str, Any] | str | os.PathLik
         raise SparsityConfigError(
             'sparsity_config: must be a dict or a YAML path, got '
             f'{type(sparsity_config).__name__}')
-    checked = {}
-    for key, value in sparsity_config.items():
-        if key not in TOP_LEVEL_KEYS:
-            raise SparsityConfigError(
-                f'{key}: unknown key in sparsity_config; allowed keys: '
-                f'{", ".join(TOP_LEVEL_KEYS)}')
-        value = coerce_value(value, TOP_LEVEL_KEYS[key])
-        if not type_ok(value, TOP_LEVEL_KEYS[key]):
-            raise SparsityConfigError(
-                f'{key}: expected {type_names(TOP_LEVEL_KEYS[key])}, got '
-                f'{type(value).__name__}')
-        checked[key] = value
-    sparsity_config = checked
+    sparsity_config = dict(checked_entries(
+        sparsity_config, TOP_LEVEL_KEYS, '', ' in sparsity_config; allowed '
+        f'keys: {", ".join(TOP_LEVEL_KEYS)}'))
     if 'scheduler' not in sparsity_config:
         raise SparsityConfigError('scheduler: missing from sparsity_config')
 

@@ -20,7 +20,7 @@ key. :func:`load_sparsity_yaml` also accepts UP's layout, a top-level
 """
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,33 @@ def _type_error(where: str, value: Any, types: tuple[type, ...]) -> str:
             f'{type(value).__name__} ({value!r}){hint}')
 
 
+def checked_entries(cfg: Mapping[str, Any],
+                    types: Mapping[str, tuple[type, ...]], where: str,
+                    unknown: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(key, value)`` for each entry of ``cfg``, the value converted
+    as :func:`coerce_value` does and type-checked, in ``cfg``'s order.
+
+    Args:
+        cfg: The configured mapping.
+        types: Allowed key -> accepted types.
+        where: Dotted path of ``cfg`` in the config (``''`` at the top).
+        unknown: End of the message for a key not in ``types`` (after
+            ``'<path>: unknown key'``).
+
+    Raises:
+        SparsityConfigError: An unknown key or a wrong type, when the
+            iteration reaches it.
+    """
+    for key, value in cfg.items():
+        path = f'{where}.{key}' if where else key
+        if key not in types:
+            raise SparsityConfigError(f'{path}: unknown key{unknown}')
+        value = coerce_value(value, types[key])
+        if not type_ok(value, types[key]):
+            raise SparsityConfigError(_type_error(path, value, types[key]))
+        yield key, value
+
+
 def validate_kwargs(kwargs: Any, schema: dict[str, Arg], where: str,
                     owner: str) -> dict[str, Any]:
     """Check ``kwargs`` against ``schema`` and fill in defaults.
@@ -154,20 +181,14 @@ def validate_kwargs(kwargs: Any, schema: dict[str, Arg], where: str,
         raise SparsityConfigError(
             f'{where}: must be a dict, got {type(kwargs).__name__}')
     out = {}
-    for key, value in kwargs.items():
-        if key not in schema:
-            raise SparsityConfigError(
-                f'{where}.{key}: unknown key for {owner}; allowed keys: '
-                f'{", ".join(sorted(schema)) or "(none)"}')
-        arg = schema[key]
-        value = coerce_value(value, arg.types)
-        if not type_ok(value, arg.types):
-            raise SparsityConfigError(
-                _type_error(f'{where}.{key}', value, arg.types))
-        if arg.check is not None:
-            msg = arg.check(value)
-            if msg:
-                raise SparsityConfigError(f'{where}.{key}: {msg}')
+    types = {key: arg.types for key, arg in schema.items()}
+    allowed = ', '.join(sorted(schema)) or '(none)'
+    for key, value in checked_entries(
+            kwargs, types, where, f' for {owner}; allowed keys: {allowed}'):
+        check = schema[key].check
+        msg = check(value) if check is not None else None
+        if msg:
+            raise SparsityConfigError(f'{where}.{key}: {msg}')
         out[key] = value
     for key, arg in schema.items():
         if key in out:
@@ -280,16 +301,8 @@ def check_component(cfg: Any, where: str) -> tuple[str, dict[str, Any]]:
         raise SparsityConfigError(
             f'{where}: must be a dict with "type" and optional "kwargs", got '
             f'{type(cfg).__name__}')
-    out = {}
-    for key, value in cfg.items():
-        if key not in COMPONENT_KEYS:
-            raise SparsityConfigError(
-                f'{where}.{key}: unknown key; allowed keys: type, kwargs')
-        value = coerce_value(value, COMPONENT_KEYS[key])
-        if not type_ok(value, COMPONENT_KEYS[key]):
-            raise SparsityConfigError(
-                _type_error(f'{where}.{key}', value, COMPONENT_KEYS[key]))
-        out[key] = value
+    out = dict(checked_entries(cfg, COMPONENT_KEYS, where,
+                               '; allowed keys: type, kwargs'))
     if 'type' not in out:
         raise SparsityConfigError(f'{where}.type: missing')
     return out['type'], dict(out.get('kwargs') or {})

@@ -8,28 +8,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .common import pyplot, save_png
+
 __all__ = ['plot_cdp_heatmap', 'plot_kept_ratio', 'plot_sensitivity',
            'plot_block_importance']
 
 
 def _short(name: str) -> str:
     return name.replace('backbone.', '')
-
-
-def _pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    from mmrazor_ext.utils import atomic_write
-    plt = _pyplot()
-    atomic_write(path, lambda p: fig.savefig(p, format='png', dpi=120))
-    plt.close(fig)
-    return path
 
 
 def plot_cdp_heatmap(layer_scores: Mapping[str, torch.Tensor], path: str,
@@ -46,7 +32,7 @@ def plot_cdp_heatmap(layer_scores: Mapping[str, torch.Tensor], path: str,
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     layers = list(layer_scores)
     width = max(len(v) for v in layer_scores.values())
     grid = np.full((len(layers), width), np.nan)
@@ -60,7 +46,7 @@ def plot_cdp_heatmap(layer_scores: Mapping[str, torch.Tensor], path: str,
     ax.set_title(f'CDP scores per layer (normalised, documents by {by})')
     fig.colorbar(im, ax=ax, label='score / max')
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_kept_ratio(kept: Mapping[str, float], path: str,
@@ -75,7 +61,7 @@ def plot_kept_ratio(kept: Mapping[str, float], path: str,
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     layers = list(kept)
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers)), 4))
     ax.bar(range(len(layers)), [kept[n] for n in layers], color='tab:blue')
@@ -86,7 +72,7 @@ def plot_kept_ratio(kept: Mapping[str, float], path: str,
     ax.set_title(f'Channels kept per layer at {flops_ratio:.0%} FLOPs '
                  '(CDP, global threshold)')
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_sensitivity(rows: Sequence[Mapping], base_top1: float, path: str,
@@ -103,7 +89,7 @@ def plot_sensitivity(rows: Sequence[Mapping], base_top1: float, path: str,
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for space in dict.fromkeys(r['space'] for r in rows):
         pts = [(r['ratio'], r['top1']) for r in rows if r['space'] == space]
@@ -114,7 +100,7 @@ def plot_sensitivity(rows: Sequence[Mapping], base_top1: float, path: str,
     ax.set_title(title)
     ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_block_importance(rows: Sequence[Mapping], columns: Sequence[str],
@@ -131,7 +117,7 @@ def plot_block_importance(rows: Sequence[Mapping], columns: Sequence[str],
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = len(columns)
     fig, axes = plt.subplots(n, 1, figsize=(max(6, 0.35 * len(rows)), 2.2 * n),
                              squeeze=False, sharex=True)
@@ -150,4 +136,4 @@ def plot_block_importance(rows: Sequence[Mapping], columns: Sequence[str],
     axes[0, 0].set_title('block importance (higher = more important; grey '
                          'hatched = not removable)', fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

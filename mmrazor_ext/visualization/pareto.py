@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mmrazor_ext.utils.io import atomic_write
+from .common import pyplot, save_xy_plot
 
 __all__ = ['plot_pareto']
 
@@ -26,9 +26,7 @@ def plot_pareto(records: Sequence[Mapping], front: Sequence[int], path: str,
     Returns:
         ``path``.
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def x(r):
         return r['flops'] / original_flops if original_flops else \
@@ -45,16 +43,8 @@ def plot_pareto(records: Sequence[Mapping], front: Sequence[int], path: str,
     pf = sorted((records[i] for i in front), key=x)
     ax.plot([x(r) for r in pf], [r['top1'] for r in pf], '-o', c='tab:red',
             ms=4, label='Pareto front')
-    for t in targets if original_flops else ():
-        ax.axvline(t, ls='--', c='k', lw=0.8)
-    ax.set_xlabel('FLOPs fraction' if original_flops else 'MFLOPs (MACs)')
-    ax.set_ylabel('top-1 (%) after adaptive BN')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower right', fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda p: fig.savefig(p, dpi=120, format='png'))
-    finally:
-        plt.close(fig)
-    return path
+    return save_xy_plot(
+        fig, ax, path,
+        'FLOPs fraction' if original_flops else 'MFLOPs (MACs)',
+        'top-1 (%) after adaptive BN', title, 'lower right',
+        targets if original_flops else ())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mmrazor_ext.utils.io import atomic_write
+from .common import pyplot, save_xy_plot
 
 __all__ = ['plot_trajectory']
 
@@ -24,9 +24,7 @@ def plot_trajectory(trajectory: Sequence[Mapping], path: str,
     Returns:
         ``path``.
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path_pts = [e for e in trajectory if e['kind'] in ('start', 'greedy')]
     hits = [e for e in trajectory if e.get('target') is not None]
@@ -38,18 +36,7 @@ def plot_trajectory(trajectory: Sequence[Mapping], path: str,
         ax.scatter([e['flops_ratio'] for e in hits],
                    [e['top1'] for e in hits], marker='*', s=120,
                    c='tab:red', zorder=3, label='subnet per target')
-    for t in targets:
-        ax.axvline(t, ls='--', c='k', lw=0.8)
     ax.invert_xaxis()
-    ax.set_xlabel('FLOPs fraction of the full width')
-    ax.set_ylabel('held-out top-1 (%) after adaptive BN')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower left', fontsize=8)
-    fig.tight_layout()
-    try:
-        # format='png': the temp file's suffix is not .png
-        atomic_write(path, lambda p: fig.savefig(p, dpi=120, format='png'))
-    finally:
-        plt.close(fig)
-    return path
+    return save_xy_plot(fig, ax, path, 'FLOPs fraction of the full width',
+                        'held-out top-1 (%) after adaptive BN', title,
+                        'lower left', targets)

@@ -13,23 +13,20 @@ Example:
         configs/baselines/resnet56_1xb128_fashionmnist.py CKPT \\
         --out-dir work_dirs/layer_importance
 """
-import argparse
 import itertools
 import os.path as osp
 
 from mmrazor_ext.apis.model_loading import (
-    add_model_args,
     build_from_args,
     build_loader,
+    model_tool_parser,
 )
 from mmrazor_ext.utils.tables import atomic_write_csv
 from mmrazor_ext.visualization.analysis import plot_block_importance
 
 
 def parse_args(argv=None):
-    p = add_model_args(argparse.ArgumentParser(
-        description='residual block importance'))
-    p.add_argument('--out-dir', required=True)
+    p = model_tool_parser('residual block importance', batch_size=128)
     p.add_argument('--metrics', nargs='+',
                    default=['block_cka', 'block_cosine', 'block_weight_norm'],
                    help='block metrics of the METRICS registry')
@@ -38,7 +35,6 @@ def parse_args(argv=None):
     p.add_argument('--val-batches', type=int, default=0,
                    help='also measure the top-1 drop of removing each '
                    'removable block alone on this many val batches')
-    p.add_argument('--batch-size', type=int, default=128)
     return p.parse_args(argv)
 
 

@@ -11,7 +11,6 @@ Example:
     python tools/analysis/sensitivity.py \\
         configs/baselines/resnet20_1xb128_fashionmnist.py CKPT --out-dir work_dirs/sens
 """
-import argparse
 import copy
 import itertools
 import os.path as osp
@@ -19,24 +18,21 @@ import os.path as osp
 from tqdm import tqdm
 
 from mmrazor_ext.apis.model_loading import (
-    add_model_args,
     build_from_args,
     build_loader,
+    model_tool_parser,
 )
 from mmrazor_ext.utils.tables import atomic_write_csv
 from mmrazor_ext.visualization.analysis import plot_sensitivity
 
 
 def parse_args(argv=None):
-    p = add_model_args(argparse.ArgumentParser(
-        description='per-space pruning sensitivity'))
-    p.add_argument('--out-dir', required=True)
+    p = model_tool_parser('per-space pruning sensitivity', batch_size=256)
     p.add_argument('--metric', default='l1',
                    help='weight metric used to choose channels')
     p.add_argument('--ratios', type=float, nargs='+',
                    default=[round(0.1 * i, 1) for i in range(1, 10)])
     p.add_argument('--val-batches', type=int, default=10)
-    p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--bn-recalib-batches', type=int, default=0,
                    help='training batches for BN recalibration (0: off)')
     return p.parse_args(argv)

@@ -32,8 +32,7 @@ from mmrazor_ext.apis.benchmark import (
     top1,
     topk_metrics,
 )
-from mmrazor_ext.utils import atomic_write_json
-from mmrazor_ext.utils.tables import atomic_write_csv
+from mmrazor_ext.utils.tables import format_table, write_json_csv
 
 
 def main(argv=None):
@@ -156,14 +155,12 @@ def main(argv=None):
         'best_strategy': best['strategy'],
         'threads': torch.get_num_threads(),
     }
-    atomic_write_json(osp.join(args.out_dir, 'amc.json'), result, indent=2)
-    atomic_write_csv(osp.join(args.out_dir, 'amc.csv'), rows)
+    write_json_csv(args.out_dir, 'amc', result, rows)
     print(f'\nbudget: {budget}')
-    print(f"{'method':<40} {'MACs':>6} {'top-1 reward set':>17} "
-          f"{'top-1 test':>11}")
-    for r in rows:
-        print(f"{r['method']:<40} {r['macs_ratio']:>6.3f} "
-              f"{r['top1_reward_set']:>17.2f} {r['top1_test']:>11.2f}")
+    print(format_table(rows, [
+        ('method', 'method', '<40'), ('MACs', 'macs_ratio', '>6.3f'),
+        ('top-1 reward set', 'top1_reward_set', '>17.2f'),
+        ('top-1 test', 'top1_test', '>11.2f')]))
     print(f"AMC search: {summary['episodes']} episodes in "
           f"{summary['seconds']:.0f} s ({summary['episodes_per_minute']:.1f}"
           f" episodes/min); reward-set top-1 warm-up mean "

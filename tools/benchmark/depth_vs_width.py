@@ -46,7 +46,6 @@ this script's own).
 import argparse
 import copy
 import math
-import os.path as osp
 import statistics
 import time
 
@@ -58,8 +57,7 @@ from mmrazor_ext.apis.benchmark import (
     top1,
     train_one_cycle,
 )
-from mmrazor_ext.utils import atomic_write_json
-from mmrazor_ext.utils.tables import atomic_write_csv
+from mmrazor_ext.utils.tables import format_table, write_json_csv
 
 VARIANTS = ('depth', 'width', 'both', 'merge', 'merge_only')
 X1 = torch.randn(1, 1, 28, 28)
@@ -271,22 +269,17 @@ def main(argv=None):
                   test_samples=len(test_loader.dataset),
                   torch_threads=args.threads or torch.get_num_threads(),
                   seconds=round(time.time() - t0, 1))
-    atomic_write_json(osp.join(args.out_dir, 'depth_vs_width.json'),
-                      {'budget': budget, 'rows': rows,
-                       'merge_stats': merge_stats}, indent=2)
-    atomic_write_csv(osp.join(args.out_dir, 'depth_vs_width.csv'), rows)
+    write_json_csv(args.out_dir, 'depth_vs_width', {
+        'budget': budget, 'rows': rows, 'merge_stats': merge_stats}, rows)
     print(f'\nbudget: {budget}')
-    print(f"{'variant':<10} {'rm':>3} {'mg':>3} {'FLOPs':>6} {'top-1 BN':>9} "
-          f"{'top-1 ft':>9} {'ms':>8} {'speedup':>8} {'FLOPs red.':>10} "
-          f"{'spd/FLOPs':>9}")
-    for r in rows:
-        ft = r['top1_finetuned']
-        ft = f'{ft:>9.2f}' if ft is not None else f"{'-':>9}"
-        print(f"{r['variant']:<10} {r['blocks_removed']:>3} "
-              f"{r['blocks_merged']:>3} {r['flops_ratio']:>6.3f} "
-              f"{r['top1_pruned']:>9.2f} {ft} "
-              f"{r['latency_ms']:>8.2f} {r['latency_speedup']:>8.2f} "
-              f"{r['flops_reduction']:>10.2f} {r['speedup_per_flops']:>9.2f}")
+    print(format_table(rows, [
+        ('variant', 'variant', '<10'), ('rm', 'blocks_removed', '>3'),
+        ('mg', 'blocks_merged', '>3'), ('FLOPs', 'flops_ratio', '>6.3f'),
+        ('top-1 BN', 'top1_pruned', '>9.2f'),
+        ('top-1 ft', 'top1_finetuned', '>9.2f'),
+        ('ms', 'latency_ms', '>8.2f'), ('speedup', 'latency_speedup', '>8.2f'),
+        ('FLOPs red.', 'flops_reduction', '>10.2f'),
+        ('spd/FLOPs', 'speedup_per_flops', '>9.2f')]))
     return rows
 
 

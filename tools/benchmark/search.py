@@ -41,8 +41,7 @@ from mmrazor_ext.apis.benchmark import (
     load_fashion_mnist,
     split_batches,
 )
-from mmrazor_ext.utils import atomic_write_json
-from mmrazor_ext.utils.tables import atomic_write_csv
+from mmrazor_ext.utils.tables import format_table, write_json_csv
 
 X1 = torch.randn(1, 1, 28, 28)
 
@@ -178,15 +177,14 @@ def main(argv=None):
             'candidates_per_min': round(60 * cands / dt, 1) if dt else None})
         print(json.dumps(rows[-1]), flush=True)
     out = {'dense_test_top1': dense, 'args': vars(args), 'rows': rows}
-    atomic_write_json(osp.join(args.out_dir, 'search.json'), out, indent=1)
-    atomic_write_csv(osp.join(args.out_dir, 'search.csv'), rows)
+    write_json_csv(args.out_dir, 'search', out, rows, indent=1)
     print(f'dense test top-1 {dense:.2f}')
-    print(f"{'method':10s} {'top1':>7s} {'FLOPs':>7s} {'cands':>6s} "
-          f"{'time s':>7s} {'cand/min':>8s}")
-    for r in rows:
-        print(f"{r['method']:10s} {r['test_top1']:7.2f} "
-              f"{r['flops_ratio']:7.3f} {r['candidates_evaluated']:6d} "
-              f"{r['search_s']:7.1f} {r['candidates_per_min'] or 0:8.1f}")
+    print(format_table(rows, [
+        ('method', 'method', '10s'), ('top1', 'test_top1', '7.2f'),
+        ('FLOPs', 'flops_ratio', '7.3f'),
+        ('cands', 'candidates_evaluated', '6d'),
+        ('time s', 'search_s', '7.1f'),
+        ('cand/min', lambda r: r['candidates_per_min'] or 0, '8.1f')]))
 
 
 if __name__ == '__main__':

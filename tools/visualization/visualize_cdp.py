@@ -11,22 +11,18 @@ Example:
         configs/baselines/resnet20_1xb128_fashionmnist.py \\
         work_dirs/resnet20_1xb128_fashionmnist/epoch_3.pth --out-dir work_dirs/cdp_vis
 """
-import argparse
-
 from mmrazor_ext.apis.cdp_report import cdp_score_report
 from mmrazor_ext.apis.model_loading import (
-    add_model_args,
     build_from_args,
     build_loader,
+    model_tool_parser,
 )
 
 
 def parse_args(argv=None):
-    p = add_model_args(argparse.ArgumentParser(description='CDP score plots'))
-    p.add_argument('--out-dir', required=True)
+    p = model_tool_parser('CDP score plots', batch_size=64)
     p.add_argument('--batches', type=int, default=20,
                    help='training batches to collect features from')
-    p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--by', choices=['class', 'sample'], default='class')
     p.add_argument('--coe', type=float, default=0.0)
     p.add_argument('--flops-ratio', type=float, default=0.5,

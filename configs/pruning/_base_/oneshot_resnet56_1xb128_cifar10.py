@@ -9,5 +9,7 @@ model = dict(
     input_shape=(1, 3, 32, 32),
     target=dict(mode='flops', ratio=0.48, sampling='global'),
     init_checkpoint={{_base_.init_checkpoint}},
+    # reconstruct=dict(method='least_squares', num_batches=20): refit
+    # before fine-tuning (default: off)
 )
 custom_hooks = [dict(type='PruningHook')]

@@ -1,10 +1,8 @@
-"""Runner hooks of mmrazor_ext."""
+"""Runner hooks of mmrazor_ext (one file each; importing registers them)."""
 from .amc_hook import AMCPruningHook
-from .pruning_hook import PruningHook
+from .pruning_hook import PruningHook, SubnetReconstructHook
 from .rng_state_hook import RandomStateHook
 from .sparsity_hook import SparsityHook
 
-__all__ = ['SparsityHook']
-__all__ += ['AMCPruningHook']
-__all__ += ['PruningHook']
-__all__ += ['RandomStateHook']
+__all__ = ['AMCPruningHook', 'PruningHook', 'RandomStateHook', 'SparsityHook',
+           'SubnetReconstructHook']

@@ -13,12 +13,19 @@ from mmrazor_ext.registry import HOOKS
 from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn
 from mmrazor_ext.utils.model import unwrap_model
 
-__all__ = ['PruningHook']
+__all__ = ['PruningHook', 'SubnetReconstructHook']
 
 
 @HOOKS.register_module()
 class PruningHook(Hook):
     """Prune before training, step iterative pruning, export after training.
+
+    Each pruning step: :meth:`prune`, top-1 (``top1_step{k}_pruned``),
+    reconstruction when the algorithm's ``reconstruct`` is set
+    (``top1_step{k}_reconstructed``), BN recalibration
+    (``top1_step{k}_bn_recalibrated``), then fine-tuning. On ``--resume``
+    nothing is redone: masks and (refitted) weights come from the
+    checkpoint.
 
     Args:
         eval_batches: Validation batches for the before/after-pruning top-1
@@ -49,9 +56,16 @@ class PruningHook(Hook):
         self._prune(runner, algo, 1)
 
     def _prune(self, runner, algo, step):
+        # what reconstruction reproduces: the model before this step
+        reference = algo.reconstruction_reference()
         algo.prune(runner.train_dataloader, step)
         top1 = self._val(runner, algo.architecture)
         report = {f'top1_step{step}_pruned': top1}
+        if algo.reconstruct_cfg is not None and algo.reconstruct_pruned(
+                runner.train_dataloader, reference) is not None:
+            report[f'top1_step{step}_reconstructed'] = self._val(
+                runner, algo.architecture)
+        del reference
         if algo.bn_recalib_batches:
             recalibrate_bn(algo.architecture, runner.train_dataloader,
                            algo.bn_recalib_batches)
@@ -72,3 +86,39 @@ class PruningHook(Hook):
             return
         algo = unwrap_model(runner.model)
         algo.export(runner.work_dir, val_batches=runner.val_dataloader)
+
+
+@HOOKS.register_module()
+class SubnetReconstructHook(Hook):
+    """Before training, refit a ``SubnetModel``'s sliced weights to its
+    dense model (``model.reconstruct``), unless the run was resumed: the
+    checkpoint then already has the refitted, fine-tuned weights.
+
+    Args:
+        eval_batches: Validation batches for the top-1 logged before and
+            after (None: the whole validation set; 0: no evaluation).
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self, eval_batches: int | None = None):
+        self.eval_batches = eval_batches
+
+    def before_train(self, runner) -> None:
+        model = unwrap_model(runner.model)
+        if not getattr(model, 'reconstruction_pending', False):
+            return
+        if runner.iter > 0:
+            print_log('resumed: the refitted weights come from the '
+                      'checkpoint, not reconstructed again', logger='current')
+            return
+
+        def val():
+            if self.eval_batches == 0:
+                return None
+            return evaluate_top1(model.architecture, runner.val_dataloader,
+                                 self.eval_batches)
+        before = val()
+        report = model.reconstruct_from_dense(runner.train_dataloader)
+        print_log(f'subnet reconstructed ({len(report["layers"])} layers): '
+                  f'top-1 {before} -> {val()}', logger='current')

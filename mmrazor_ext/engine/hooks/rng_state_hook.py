@@ -12,7 +12,7 @@ and *applied at the next training iteration*, in the uninterrupted run as
 well as in a resumed one. Whatever happens between the checkpoint and the
 next iteration (validation, data-loader start-up) therefore cannot make the
 two runs diverge. Per-sample data randomness is handled by
-:mod:`mmrazor_ext.engine.resumable`; this hook covers randomness in the
+:mod:`mmrazor_ext.engine.loops.resumable_loop`; this hook covers randomness in the
 model and the training step (dropout, mixup, random widths ...).
 """
 from __future__ import annotations

@@ -6,6 +6,15 @@ Add to a config::
         scheduler=dict(type='AmbaLevelPruneScheduler',
                        kwargs=dict(sparsity_table=[30, 50, 70]))))]
 
+or, the same for ``tools/train.py`` / ``tools/test.py``, a top-level
+``sparsity = dict(...)`` (MSBench's dict, UP's ``sparsity:`` layout or a
+YAML path; ``leaf_module = [...]`` beside it is read with it), which
+:func:`mmrazor_ext.engine.config_guard.apply_sparsity_key` turns into this
+hook. Either is the equivalent of UP / MSBench's sparse runner
+(``runner: type: sparse``): build the float model, load the float checkpoint
+(``load_from``), trace the network and attach the fake-sparse nodes, train
+with the scheduler driving masks and LR restarts.
+
 Order of events in ``Runner.train``:
 
 * ``before_run`` (before weight init and ``load_from`` / ``--resume``):
@@ -39,8 +48,8 @@ class SparsityHook(Hook):
     """Drive a sparse scheduler from an mmengine ``Runner``.
 
     Args:
-        sparsity_config: The MSBench-style dict (see
-            :func:`mmrazor_ext.sparsity.build_sparse_scheduler`). Unset
+        sparsity_config: The MSBench-style dict, UP's layout or a YAML
+            path (see :func:`mmrazor_ext.sparsity.build_sparse_scheduler`). Unset
             ``total_iters`` becomes the Runner's ``max_iters``; unset
             ``save_dir`` / ``output_dir`` go under ``work_dir``.
         concrete_args: Tracer concrete args (mmengine models default to

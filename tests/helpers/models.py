@@ -1,0 +1,67 @@
+"""Small models shared by several test folders."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def randomise(model, seed=0, eval_mode=True):
+    """Non-trivial BN statistics and affine parameters, so that dropped
+    channels, folding and block removal are tested on something other than
+    identities (running mean around 0: a following ReLU acts on about half
+    the entries); the model in eval mode unless ``eval_mode=False``."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+    if eval_mode:
+        model.eval()
+    return model
+
+
+def resnet20(seed=0):
+    """ResNet-20 for 1-channel 28x28 images (Fashion-MNIST), seeded, in
+    train mode."""
+    from mmrazor_ext.models import CifarResNet
+    torch.manual_seed(seed)
+    return CifarResNet(20, num_classes=10, in_channels=1)
+
+
+def resnet20_pruner(seed=0):
+    """A ChannelPruner on an eval-mode :func:`resnet20` (28x28 inputs)."""
+    from mmrazor_ext.pruners import ChannelPruner
+    model = resnet20(seed).eval()
+    return ChannelPruner(model, example_inputs=torch.randn(1, 1, 28, 28))
+
+
+class WideNet(nn.Module):
+    """Channels large enough for 32x64 tiles and 2:4 on every conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 128, 3, padding=1, stride=2)
+        self.bn2 = nn.BatchNorm2d(128)
+        self.conv3 = nn.Conv2d(128, 128, 1)
+        self.big = nn.Conv2d(128, 128, 9, padding=4)  # kernel > 8
+        self.fc = nn.Linear(128, 64)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.big(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def check_scores(pruner, scores):
+    """One finite importance score per channel of every space."""
+    assert set(scores) == set(pruner.channel_spaces)
+    for name, space in pruner.channel_spaces.items():
+        s = scores[name]
+        assert s.shape == (space.num_channels,), name
+        assert torch.isfinite(s).all(), name
