@@ -449,10 +449,16 @@ class OptunaSearcher:
 
         t0 = time.perf_counter()
         try:
-            self.study.optimize(
-                objective, n_trials=remaining, timeout=timeout,
-                callbacks=[after, MaxTrialsCallback(
-                    n_trials, states=(TrialState.COMPLETE,))])
+            while remaining > 0:
+                left = None if timeout is None else \
+                    timeout - (time.perf_counter() - t0)
+                if left is not None and left <= 0:
+                    break
+                self.study.optimize(
+                    objective, n_trials=remaining, timeout=left,
+                    callbacks=[after, MaxTrialsCallback(
+                        n_trials, states=(TrialState.COMPLETE,))])
+                remaining = self._await_running(n_trials)
         finally:
             if bar is not None:
                 bar.close()
@@ -462,6 +468,27 @@ class OptunaSearcher:
                   f'candidates in {dt:.1f} s ({self.cache_hits} repeats '
                   f'answered from the study)', logger='current')
         return self.study
+
+    def _await_running(self, n_trials: int, poll: float = 2.0) -> int:
+        """Trials still to run after this process stopped for the budget.
+
+        The process stops when completed plus live RUNNING trials reach
+        ``n_trials``; a RUNNING trial may still belong to a killed process
+        whose heartbeat is not yet stale. Wait until every RUNNING trial
+        has completed, or has been failed (and re-queued) by the heartbeat,
+        so that a resumed search never ends short of ``n_trials``.
+        """
+        while True:
+            done = len(self.completed())
+            if done >= n_trials:
+                return 0
+            running = self.study.get_trials(deepcopy=False,
+                                            states=(TrialState.RUNNING,))
+            if not running or not _uses_heartbeat(self._rdb):
+                return n_trials - done
+            time.sleep(poll)
+            optuna.storages.fail_stale_trials(self.study)
+            self.reap_orphans()
 
     def _key(self, params):
         return tuple(params[s] for s in self.spaces)
