@@ -290,6 +290,7 @@ class OptunaSearcher:
         self.storage_url = storage
         self.study_name = study_name
         self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         for attempt in range(5):
             try:
                 self._rdb = _storage(storage, heartbeat_interval,
@@ -478,6 +479,10 @@ class OptunaSearcher:
         has completed, or has been failed (and re-queued) by the heartbeat,
         so that a resumed search never ends short of ``n_trials``.
         """
+        # A killed process's trial turns stale within grace_period; one
+        # still RUNNING after that belongs to a live worker, which
+        # completes the study.
+        deadline = time.monotonic() + self.grace_period + poll
         while True:
             done = len(self.completed())
             if done >= n_trials:
@@ -486,6 +491,8 @@ class OptunaSearcher:
                                             states=(TrialState.RUNNING,))
             if not running or not _uses_heartbeat(self._rdb):
                 return n_trials - done
+            if time.monotonic() > deadline:
+                return 0
             time.sleep(poll)
             optuna.storages.fail_stale_trials(self.study)
             self.reap_orphans()
