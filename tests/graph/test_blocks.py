@@ -6,22 +6,8 @@ import torch
 from torch import nn
 
 from helpers import BASELINE
-from helpers.models import randomise
 
 X = torch.randn(1, 1, 28, 28)
-
-
-@pytest.fixture(scope='module')
-def resnet20():
-    from mmrazor_ext.models import CifarResNet
-    torch.manual_seed(0)
-    return randomise(CifarResNet(20, 10, 1)).eval()
-
-
-@pytest.fixture(scope='module')
-def blocks20(resnet20):
-    from mmrazor_ext.graph import find_blocks
-    return find_blocks(resnet20, X)
 
 
 def _removed_flops(model, names, skip=()):

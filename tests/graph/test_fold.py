@@ -1,19 +1,11 @@
 """Conv / linear + BN folding (graph/fold.py), alone and through the
 pruner's export."""
-import pytest
 import torch
 from torch import nn
 
 from helpers.models import randomise
 
 X = torch.randn(1, 1, 28, 28)
-
-
-@pytest.fixture(scope='module')
-def resnet20():
-    from mmrazor_ext.models import CifarResNet
-    torch.manual_seed(0)
-    return randomise(CifarResNet(20, 10, 1)).eval()
 
 
 def test_fold_resnet20_via_pruner_export(resnet20):

@@ -11,19 +11,6 @@ from helpers.models import randomise
 X = torch.randn(1, 1, 28, 28)
 
 
-@pytest.fixture(scope='module')
-def resnet20():
-    from mmrazor_ext.models import CifarResNet
-    torch.manual_seed(0)
-    return randomise(CifarResNet(20, 10, 1)).eval()
-
-
-@pytest.fixture(scope='module')
-def blocks20(resnet20):
-    from mmrazor_ext.graph import find_blocks
-    return find_blocks(resnet20, X)
-
-
 class _LinBlock(nn.Module):
     """3x3 grouped conv -> BN -> ReLU -> 1x1 conv -> BN, + x, ReLU: only the
     first conv is padded, so the merge is exact on every pixel."""

@@ -3,8 +3,6 @@ import pytest
 import torch
 
 from mmrazor_ext.estimators import get_model_complexity
-from mmrazor_ext.models import CifarResNet
-from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.search import AdaptiveBNEvaluator, bn_state
 
 
@@ -12,14 +10,6 @@ def _batches(n, bs=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 1, 28, 28, generator=g),
              torch.randint(0, 10, (bs,), generator=g)) for _ in range(n)]
-
-
-@pytest.fixture(scope='module')
-def small_setup():
-    torch.manual_seed(0)
-    model = CifarResNet(20, 10, 1).eval()
-    pruner = ChannelPruner(model, torch.randn(1, 1, 28, 28))
-    return model, pruner
 
 
 def _same_state(a, b):

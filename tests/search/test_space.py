@@ -1,18 +1,7 @@
 """The keep-ratio search space and its seeds (search/space.py)."""
 import pytest
-import torch
 
-from mmrazor_ext.models import CifarResNet
-from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.search import ratio_grid
-
-
-@pytest.fixture(scope='module')
-def small_setup():
-    torch.manual_seed(0)
-    model = CifarResNet(20, 10, 1).eval()
-    pruner = ChannelPruner(model, torch.randn(1, 1, 28, 28))
-    return model, pruner
 
 
 def test_keep_ratio_space_seeds(small_setup):
