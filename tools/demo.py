@@ -9,7 +9,10 @@
    paths of the CDP score plots of the baseline (``cdp_vis/``).
 
 Numbers go to ``work_dirs/demo/results.json``; finished stages are reused
-unless ``--retrain`` is given.
+unless ``--retrain`` is given. The terminal shows progress bars and the
+results; each stage's full Runner log (environment, config, hooks, every
+logging interval, warnings) is in ``<stage work dir>/console.log``
+(``--verbose`` prints it instead).
 
 Usage:
     python tools/demo.py [--epochs 1] [--finetune-epochs 1] [--retrain]
@@ -22,6 +25,7 @@ import time
 import torch
 from mmengine.config import Config
 
+from mmrazor_ext.engine.cli import quiet_console
 from mmrazor_ext.engine.runner import build_runner
 from mmrazor_ext.utils import atomic_write_json
 from mmrazor_ext.utils.config import add_cfg_options_arg, parse_cfg_options
@@ -40,6 +44,28 @@ def set_epochs(cfg: Config, epochs: int) -> Config:
         if sched.get('by_epoch', True):
             sched.end = epochs
     return cfg
+
+
+def run_stage(cfg: Config, verbose: bool) -> None:
+    """Train ``cfg`` with a progress bar; unless ``verbose``, the Runner's
+    console output goes to ``<work_dir>/console.log``."""
+    hooks = list(cfg.get('custom_hooks', []))
+    if not any(h.get('type') == 'ProgressBarHook' for h in hooks):
+        hooks.append(dict(type='ProgressBarHook',
+                          desc=osp.basename(cfg.work_dir)))
+    cfg.custom_hooks = hooks
+    if verbose:
+        build_runner(cfg).train()
+        return
+    log = osp.join(cfg.work_dir, 'console.log')
+    with quiet_console(log) as quiet:
+        build_runner(cfg).train()
+    print(f'[demo]     full log: {log} ({quiet["warnings"]} Python '
+          'warning(s) in it)', flush=True)
+
+
+def fmt_top1(value) -> str:
+    return 'n/a' if value is None else f'{value:.2f}'
 
 
 def print_table(rows: list, header: list) -> None:
@@ -66,7 +92,7 @@ def train_baseline(args) -> tuple[str, float]:
         print(f'[demo] 1/2 training ResNet-20 on Fashion-MNIST for '
               f'{args.epochs} epoch(s) -> {cfg.work_dir}', flush=True)
         t0 = time.time()
-        build_runner(cfg).train()
+        run_stage(cfg, args.verbose)
         return ckpt, time.time() - t0
     print(f'[demo] 1/2 reusing {ckpt} (pass --retrain to train again)')
     return ckpt, 0.0
@@ -89,7 +115,7 @@ def prune_finetune(args, baseline: str) -> tuple[dict, float]:
           f'fine-tuning {args.finetune_epochs} epoch(s) -> {cfg.work_dir}',
           flush=True)
     t0 = time.time()
-    build_runner(cfg).train()
+    run_stage(cfg, args.verbose)
     with open(report_path) as f:
         return json.load(f), time.time() - t0
 
@@ -133,6 +159,8 @@ def main(argv=None) -> dict:
                         help='FLOPs kept after pruning (0.5 = 2x fewer)')
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs/demo'))
     parser.add_argument('--retrain', action='store_true')
+    parser.add_argument('--verbose', action='store_true',
+                        help="print the Runners' full console log")
     add_cfg_options_arg(parser, help='KEY=VALUE overrides for both stages')
     args = parser.parse_args(argv)
 
@@ -156,6 +184,8 @@ def main(argv=None) -> dict:
                    'latency_ms_b64': round(small_ms, 2),
                    'top1_right_after_pruning':
                        report.get('top1_step1_pruned'),
+                   'top1_after_reconstruction':
+                       report.get('top1_step1_reconstructed'),
                    'top1_after_bn_recalibration':
                        report.get('top1_step1_bn_recalibrated'),
                    'top1': report['top1_after']},
@@ -171,17 +201,27 @@ def main(argv=None) -> dict:
     atomic_write_json(osp.join(args.work_dir, 'results.json'), results,
                       indent=2)
     d, p = results['dense'], results['pruned']
+    before_ft = p['top1_after_bn_recalibration']
+    if before_ft is None:
+        before_ft = p['top1_after_reconstruction']
+    steps = ' + reconstruction' if p['top1_after_reconstruction'] is not None \
+        else ''
     print()
     print_table(
         [['ResNet-20 dense', f"{d['flops'] / 1e6:.2f}",
           f"{d['params'] / 1e6:.3f}", f'{dense_ms:.1f}', f"{d['top1']:.2f}"],
+         [f'CDP-pruned{steps} + BN, no gradient step',
+          f"{p['flops'] / 1e6:.2f}", f"{p['params'] / 1e6:.3f}",
+          f'{small_ms:.1f}', fmt_top1(before_ft)],
          ['CDP-pruned + fine-tuned', f"{p['flops'] / 1e6:.2f}",
           f"{p['params'] / 1e6:.3f}", f'{small_ms:.1f}', f"{p['top1']:.2f}"]],
         ['model', 'MACs (M)', 'params (M)', 'CPU ms (b64)', 'top-1 (%)'])
     print(f"FLOPs reduction {flops_x:.2f}x, latency speed-up "
           f"{results['latency_speedup']:.2f}x; top-1 right after pruning "
-          f"{p['top1_right_after_pruning']:.2f} %, after BN recalibration "
-          f"{p['top1_after_bn_recalibration']:.2f} %")
+          f"{fmt_top1(p['top1_right_after_pruning'])} %, after "
+          f"reconstruction {fmt_top1(p['top1_after_reconstruction'])} %, "
+          f"after BN recalibration "
+          f"{fmt_top1(p['top1_after_bn_recalibration'])} %")
     print(f"results: {osp.join(args.work_dir, 'results.json')}; pruned "
           f"model: {report['pruned_model']}")
     print(f"CDP plots: {plots['heatmap']}, {plots['kept_ratio']} "

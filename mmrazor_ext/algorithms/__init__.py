@@ -27,6 +27,9 @@ from .hybrid_search import (
     run_hybrid_search,
     write_search_results,
 )
+from .recipe import CompressionRecipe, load_recipe_model
+from .recipe_deploy import deploy_model, export_onnx, measure_stage
+from .recipe_report import write_recipe_report
 from .subnet import SubnetModel
 
 __all__ = ['IterativePruning', 'LayerFusion', 'block_flops',
@@ -37,5 +40,8 @@ __all__ = ['IterativePruning', 'LayerFusion', 'block_flops',
            'SubnetModel', 'AutoSlim', 'AutoSlimDDP', 'SandwichRule',
            'sandwich_train']
 __all__ += ['AMCPruning']
+__all__ += ['deploy_model', 'export_onnx', 'measure_stage',
+            'write_recipe_report']
+__all__ += ['CompressionRecipe', 'load_recipe_model']
 __all__ += ['ArchitectureAlgorithm', 'PruningAlgorithm', 'load_pruned_model',
             'pruned_structure', 'save_pruned_model']

@@ -8,6 +8,7 @@ layer fusion, AMC), with the shared target validation and export.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import os.path as osp
@@ -21,7 +22,11 @@ from torch import nn
 
 from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.estimators import get_model_complexity
-from mmrazor_ext.pruners import RECONSTRUCTION_METHODS, check_ridge
+from mmrazor_ext.pruners import (
+    RECONSTRUCTION_METHODS,
+    check_prunable,
+    check_ridge,
+)
 from mmrazor_ext.pruners.pruned_model import save_pruned
 from mmrazor_ext.registry import METRICS, MODELS
 from mmrazor_ext.utils.evaluation import evaluate_top1
@@ -303,7 +308,71 @@ class PruningAlgorithm(ArchitectureAlgorithm):
 
     @abstractmethod
     def prune(self, batches: Iterable, step: int = 1):
-        """Pruning step ``step`` (1-based) using training ``batches``."""
+        """Pruning step ``step`` (1-based) using training ``batches``.
+
+        Every subclass's ``prune`` is wrapped (``__init_subclass__``) by
+        :meth:`check_prunable` before and :meth:`check_reduction` after, so
+        a pruner with nothing to prune, or one far from its target, is an
+        error naming the cause instead of a finished run.
+        """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        prune = cls.__dict__.get('prune')
+        if prune is None or getattr(prune, '_checked', False) or \
+                getattr(prune, '__isabstractmethod__', False):
+            return
+
+        @functools.wraps(prune)
+        def checked(self, batches, step=1, *args, **kwargs):
+            # only the outermost call checks (a subclass may call super())
+            outer = not getattr(self, '_in_checked_prune', False)
+            if outer:
+                self.check_prunable()
+            self._in_checked_prune = True
+            try:
+                result = prune(self, batches, step, *args, **kwargs)
+            finally:
+                if outer:
+                    self._in_checked_prune = False
+            if outer:
+                self.check_reduction(step)
+            return result
+        checked._checked = True
+        cls.prune = checked
+
+    #: how far above its target a step's kept MACs fraction may end
+    REDUCTION_SLACK = 0.15
+
+    def check_prunable(self) -> None:
+        """Raise :class:`~mmrazor_ext.pruners.PinnedChannelsError` when the
+        channel pruner has no prunable space (the message gives the top
+        reasons of :meth:`ChannelPruner.report`)."""
+        pruner = self.channel_pruner()
+        if pruner is not None:
+            check_prunable(pruner)
+
+    def check_reduction(self, step: int) -> None:
+        """Raise :class:`~mmrazor_ext.pruners.PinnedChannelsError` when the
+        kept MACs fraction after step ``step`` exceeds its target's by more
+        than :attr:`REDUCTION_SLACK` (target: ``ratio`` of ``mode='flops'``,
+        ``1 - ratio`` of ``'uniform'`` / ``'global'`` channel pruning; other
+        modes are not checked)."""
+        pruner = self.channel_pruner()
+        if pruner is None or not pruner.subnet:
+            return
+        target_at = getattr(self, 'target_at', None)
+        t = target_at(step) if callable(target_at) else self.target
+        mode = t.get('mode')
+        if mode == 'flops':
+            keep = t['ratio']
+        elif mode in ('uniform', 'global'):
+            keep = 1 - t['ratio']
+        else:
+            return
+        achieved = pruner.estimate_flops(pruner.subnet) / \
+            max(pruner.original_flops, 1)
+        check_prunable(pruner, achieved, keep, self.REDUCTION_SLACK)
 
     # -- reconstruction ---------------------------------------------------------
     def channel_pruner(self):

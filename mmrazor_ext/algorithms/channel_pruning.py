@@ -17,6 +17,10 @@ from torch import nn
 
 from mmrazor_ext.metrics import ChannelMetric, collect_contents, collector_options
 from mmrazor_ext.pruners import ChannelPruner
+from mmrazor_ext.pruners.latency_target import (
+    LATENCY_TABLE_OPTIONS,
+    check_latency_target,
+)
 from mmrazor_ext.pruners.pruned_model import pruned_structure
 from mmrazor_ext.registry import METRICS, MODELS
 from mmrazor_ext.search.sensitivity import (
@@ -53,6 +57,13 @@ class OneShotPruning(PruningAlgorithm):
             ratios from measured damage
             (:func:`~mmrazor_ext.search.sensitivity.allocate_by_sensitivity`;
             the metric's scores still choose the channels inside a space).
+            ``mode='latency'`` keeps ``ratio`` of the dense model's CPU
+            latency, or reaches ``ms`` milliseconds per batch, estimated
+            from a per-layer latency table measured on this machine
+            (:mod:`~mmrazor_ext.pruners.latency_target`; keys ``batch=64``,
+            ``grid=8``, ``repeats``, ``cache_dir``, ``num_threads``,
+            ``tol``,
+            ``sampling='uniform'|'global'``).
         pruner: Extra :class:`ChannelPruner` arguments (``ignore_layers``,
             ``divisor``, ``min_channels``, ``leaf_modules``).
         init_checkpoint: Trained weights of ``architecture`` to start from
@@ -71,7 +82,7 @@ class OneShotPruning(PruningAlgorithm):
     """
 
     TARGET_MODES = {'flops': 'ratio', 'uniform': 'ratio', 'global': 'ratio',
-                    'nonuni': 'ratios'}
+                    'nonuni': 'ratios', 'latency': 'ratio'}
     DEFAULT_TARGET = dict(mode='flops', ratio=0.5)
     METRIC_KIND = ChannelMetric
 
@@ -102,6 +113,9 @@ class OneShotPruning(PruningAlgorithm):
 
     @classmethod
     def check_target(cls, target: dict) -> dict:
+        if isinstance(target, dict) and target.get('mode') == 'latency':
+            # ratio *or* ms, plus the latency table options
+            return check_latency_target(target)
         target = super().check_target(target)
         sampling = target.setdefault('sampling', 'global')
         if sampling not in ('uniform', 'global', 'sensitivity'):
@@ -167,6 +181,12 @@ class OneShotPruning(PruningAlgorithm):
         elif t['mode'] == 'flops':
             subnet = self.pruner.sample_subnet_for_flops(
                 t['ratio'], scores, mode=t['sampling'])
+        elif t['mode'] == 'latency':
+            subnet = self.pruner.sample_subnet_for_latency(
+                t.get('ratio'), scores, mode=t['sampling'], ms=t.get('ms'),
+                tol=t.get('tol', 0.01), **self.latency_options())
+            self.report[f'latency_step{step}'] = \
+                self.pruner.last_latency_report
         elif t['mode'] == 'uniform':
             subnet = self.pruner.sample_subnet_uniform(t['ratio'], scores)
         elif t['mode'] == 'global':
@@ -183,6 +203,11 @@ class OneShotPruning(PruningAlgorithm):
                   f'{self.pruner.original_flops / 1e6:.2f} M',
                   logger='current')
         return subnet
+
+    def latency_options(self) -> dict:
+        """Latency table options of a ``mode='latency'`` target."""
+        return {k: self.target[k] for k in LATENCY_TABLE_OPTIONS
+                if k in self.target}
 
     # -- export -----------------------------------------------------------------------
     def export_model(self) -> nn.Module:
@@ -234,7 +259,12 @@ class IterativePruning(OneShotPruning):
     def target_at(self, step: int) -> dict:
         t = dict(self.target)
         f = self.fraction(step)
-        if t['mode'] == 'flops':
+        if t['mode'] == 'latency' and 'ms' in t:
+            # the final keep ratio of the measured dense latency
+            dense = self.pruner.latency_model(
+                **self.latency_options()).dense_s
+            t['ratio'] = min(0.999, t.pop('ms') / 1e3 / dense)
+        if t['mode'] in ('flops', 'latency'):
             t['ratio'] = 1 - (1 - t['ratio']) * f
             if t['ratio'] >= 1:
                 t['ratio'] = 0.999

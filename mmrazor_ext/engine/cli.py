@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import os.path as osp
+import warnings
 
 from mmengine.config import Config, DictAction
 
 from .config_guard import guard_config
 
-__all__ = ['add_runner_args', 'load_config', 'set_local_rank']
+__all__ = ['add_runner_args', 'load_config', 'quiet_console',
+           'set_local_rank']
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -57,3 +60,35 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.non_strict:
         cfg.load_strict = False
     return cfg
+
+
+@contextlib.contextmanager
+def quiet_console(log_path: str):
+    """Send ``sys.stdout`` and Python warnings to ``log_path`` (appended).
+
+    A Runner's console output (environment, config dump, hook table, one
+    line per logging interval) then lands in that file instead of the
+    terminal, while progress bars (``ProgressBarHook``, on ``sys.stderr``)
+    stay visible. mmengine's console handler keeps the stream it was given,
+    so the file is left open for the rest of the process: later log lines
+    of that Runner still go there rather than to a closed stream.
+
+    Yields:
+        A dict whose ``'warnings'`` entry counts the warnings written.
+    """
+    os.makedirs(osp.dirname(osp.abspath(log_path)), exist_ok=True)
+    stream = open(log_path, 'a', buffering=1)  # noqa: SIM115 (see above)
+    counter = {'warnings': 0, 'path': log_path}
+    old_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        counter['warnings'] += 1
+        stream.write(warnings.formatwarning(message, category, filename,
+                                            lineno, line))
+    warnings.showwarning = show
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield counter
+    finally:
+        warnings.showwarning = old_show
+        stream.flush()

@@ -7,6 +7,8 @@ from .complexity import (
                          register_module_flops,
 )
 from .latency import measure_latency
+from .latency_table import LatencyTable
 
-__all__ = ['count_params', 'get_model_complexity', 'measure_latency',
+__all__ = ['LatencyTable', 'count_params', 'get_model_complexity',
+           'measure_latency',
            'register_function_flops', 'register_module_flops']

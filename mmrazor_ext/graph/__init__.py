@@ -16,6 +16,7 @@ from .channel_graph import (
                             UnsupportedOpError,
                             run_tensor_forward,
 )
+from .detection_rules import TraceableView, register_traceable_view, traceable_view
 from .export import (
                             ExportError,
                             check_equivalence,
@@ -57,4 +58,5 @@ __all__ = ['BlockAnalysis', 'BlockInfo', 'find_blocks', 'remove_blocks',
            'check_equivalence', 'default_concrete_args', 'export_pruned',
            'fuse_conv_bn', 'register_exporter', 'register_function_rule',
            'register_module_rule', 'remove_masks', 'run_tensor_forward',
-           'node_outputs_module', 'trace_model']
+           'node_outputs_module', 'trace_model',
+           'TraceableView', 'register_traceable_view', 'traceable_view']

@@ -13,7 +13,6 @@ output's and unions the slots that must be pruned together. Afterwards:
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,19 @@ import torch.fx as fx
 from torch import nn
 
 from . import layer_kinds, module_rules  # noqa: F401  (register rules)
+from .detection_rules import traceable_view
 from .patterns import conv_bn_pairs
-from .rules import FUNCTION_RULES, lookup_module_rule, opaque
+from .rules import FUNCTION_RULES, lookup_module_rule, opaque, unary
 from .slots import FIXED, NONE, SlotUnion, compress, full_like_shape
-from .tracer import default_concrete_args, trace_model
+from .tracer import (
+    default_concrete_args,
+    graph_depends_on_mode,
+    meta_function_output,
+    meta_module_output,
+    same_graph_up_to_flags,
+    set_train_mode,
+    trace_model,
+)
 
 try:  # what torch.func.functional_call uses internally
     from torch.nn.utils.stateless import _reparametrize_module
@@ -40,39 +48,13 @@ __all__ = ['ChannelSpace', 'ChannelGraph', 'LayerRecord', 'TensorPath',
 
 
 
-_SHAPE_PRESERVING = (nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                     nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.Hardswish,
-                     nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
-                     nn.Identity, nn.modules.dropout._DropoutNd,
-                     nn.LeakyReLU)
-_TRAINING_DEPENDENT: dict[type, bool] = {}
-
-
-def _forward_reads_training(cls: type) -> bool:
-    """Whether a (non-leaf) module class's forward mentions ``training``."""
-    if cls not in _TRAINING_DEPENDENT:
-        try:
-            src = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            src = 'training'  # unknown: assume it does
-        _TRAINING_DEPENDENT[cls] = 'training' in src
-    return _TRAINING_DEPENDENT[cls]
-
-
-def _graph_depends_on_mode(model: nn.Module) -> bool:
-    """Whether tracing in train mode could give another graph: some traced
-    (non-``torch.nn``) forward reads ``self.training`` (aux heads, drop
-    path...)."""
-    for m in model.modules():
-        cls = type(m)
-        if cls.__module__.startswith('torch.nn.'):
-            continue
-        if _forward_reads_training(cls):
-            return True
-    return False
-
-
 _NDIM_KEY = 'mmrazor_ext_ndim'
+
+
+def _flags_ignored(n: fx.Node) -> bool:
+    # pass-through / opaque rules read no flag (a drop path's `training`)
+    return n.op in ('call_function', 'call_method') and \
+        FUNCTION_RULES.get(n.target) in (unary, opaque)
 
 
 class UnsupportedOpError(RuntimeError):
@@ -134,6 +116,7 @@ class ChannelSpace:
 
 def run_tensor_forward(model: nn.Module, inputs: Sequence[torch.Tensor]):
     """Call ``model`` on its tensor path (``mode='tensor'`` for mmengine)."""
+    model = traceable_view(model)  # a detector: its network only
     extra = default_concrete_args(model) or {}
     return model(*inputs, **extra)
 
@@ -198,6 +181,8 @@ class _Analyzer(fx.Interpreter):
         self.size_prov: dict[fx.Node, Any] = {}
         self.node: fx.Node | None = None
         self.module_name = ''
+        if hasattr(self.union, 'bind'):  # a reason-recording union (report)
+            self.union.bind(self)
 
     # -- context API used by rules ------------------------------------------
     def add_member(self, kind: str, in_slots=None, out_slots=None,
@@ -231,11 +216,22 @@ class _Analyzer(fx.Interpreter):
 
     # -- interpretation -------------------------------------------------------
     def call_module(self, target, args, kwargs):
-        if self.meta and args and isinstance(args[0], torch.Tensor) and \
-                isinstance(self.fetch_attr(target), _SHAPE_PRESERVING):
-            # shapes only: skip meta kernels (BN decomposes slowly on meta)
-            return args[0]
+        if self.meta:  # shapes only: skip slow meta kernels where possible
+            out = meta_module_output(self.fetch_attr(target), args, kwargs)
+            if out is not None:
+                return out
         return super().call_module(target, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        if self.meta and target is torch.nn.functional.batch_norm and \
+                args and isinstance(args[0], torch.Tensor):
+            # a norm module traced through (timm's BatchNormAct2d): same
+            # shortcut as for BN modules above
+            return args[0]
+        out = meta_function_output(target, args, kwargs) if self.meta \
+            else None
+        return out if out is not None else \
+            super().call_function(target, args, kwargs)
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
@@ -376,8 +372,13 @@ class ChannelGraph:
         else:
             self.union.union_tensors(rec.out_slots, slots)
 
+    def new_union(self) -> SlotUnion:
+        """The union-find of one analysis (a subclass may record more, see
+        :mod:`mmrazor_ext.pruners.report`)."""
+        return SlotUnion()
+
     def _reset(self):
-        self.union = SlotUnion()
+        self.union = self.new_union()
         self.layers = {}
 
     def _analyse(self, gm: fx.GraphModule, model: nn.Module, training: bool,
@@ -389,7 +390,7 @@ class ChannelGraph:
                            and x.ndim > 0 and x.shape[0] == 1 else x
                            for x in inputs)
         was_training = model.training
-        model.train(training)
+        set_train_mode(model, training)
         try:
             if meta:
                 # shapes only: parameters, buffers and inputs on the meta
@@ -414,7 +415,7 @@ class ChannelGraph:
                         if k in buffers and v.shape == buffers[k].shape:
                             v.copy_(buffers[k])
         finally:
-            model.train(was_training)
+            set_train_mode(model, was_training)
 
     def _analyse_all(self, model, graphs):
         try:
@@ -429,19 +430,21 @@ class ChannelGraph:
                 self._analyse(gm, model, training, meta=False)
 
     def _build(self, model, leaf_modules, trace_train):
+        model = traceable_view(model)  # a detector: its network only
         was_training = model.training
         try:
-            model.eval()
+            set_train_mode(model, False)
             self.gm = trace_model(model, leaf_modules=leaf_modules)
-            if trace_train and _graph_depends_on_mode(model):
+            if trace_train and graph_depends_on_mode(model):
                 model.train()
                 gm_train = trace_model(model, leaf_modules=leaf_modules)
             else:
                 gm_train = None
         finally:
-            model.train(was_training)
+            set_train_mode(model, was_training)
         graphs = [(self.gm, False)]
-        if gm_train is not None and gm_train.code != self.gm.code:
+        if gm_train is not None and not same_graph_up_to_flags(
+                self.gm.graph, gm_train.graph, _flags_ignored):
             graphs.append((gm_train, True))
         self._analyse_all(model, graphs)
         self._find_conv_bn(self.gm)
@@ -457,10 +460,8 @@ class ChannelGraph:
 
     def _make_spaces(self):
         u = self.union
-        find = u.find
         # root of every slot, once (vectorised look-ups below)
-        self._roots = torch.tensor([find(i) for i in range(len(u))],
-                                   dtype=torch.long)
+        self._roots = u.roots()
         # second-level union over roots: roots made by one producer belong
         # to one space
         parent: dict[int, int] = {}

@@ -34,6 +34,7 @@ from .op_table import OpTable
 from .slots import (
     FIXED,
     NONE,
+    channel_slots,
     compress,
     compress_all,
     expand_slots,
@@ -189,7 +190,7 @@ _CREATION = [torch.zeros, torch.ones, torch.full, torch.empty, torch.arange,
              torch.as_tensor, torch.meshgrid, 'new_zeros', 'new_ones',
              'new_full', 'new_empty', 'new_tensor']
 _OPAQUE = [F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose2d,
-           F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm,
+           F.layer_norm, F.group_norm, F.instance_norm,
            F.normalize, F.local_response_norm, torch.einsum,
            F.scaled_dot_product_attention, F.multi_head_attention_forward,
            torch.baddbmm, torch.addmm, F.embedding, F.pixel_shuffle,
@@ -218,6 +219,30 @@ def dim_order_rule(ctx, args, kwargs, sargs, skwargs, out):
     return compress(res)
 register_function_rule(*_CREATION)(creation)
 register_function_rule(*_OPAQUE)(opaque)
+
+
+@register_function_rule(F.batch_norm)
+def batch_norm_rule(ctx, args, kwargs, sargs, skwargs, out):
+    """Functional batch norm (a norm module traced through, e.g. timm's
+    ``BatchNormAct2d``): per channel on dim 1, so its statistics and affine
+    tensors (free tensors, sliced by export) follow the input's channels."""
+    x, s = args[0], sargs[0]
+    if not isinstance(s, torch.Tensor) or x.ndim < 2:
+        return opaque(ctx, args, kwargs, sargs, skwargs, out)
+    c = x.shape[1]
+    slots = channel_slots(ctx.union, s, 1, c)
+    names = ('running_mean', 'running_var', 'weight', 'bias')
+    for i, name in enumerate(names, start=1):
+        t = kwargs.get(name, args[i] if len(args) > i else None)
+        st = skwargs.get(name, sargs[i] if len(sargs) > i else None)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if not isinstance(st, torch.Tensor) or t.shape != (c,):
+            return opaque(ctx, args, kwargs, sargs, skwargs, out)
+        ctx.union.union_tensors(slots, st.reshape(-1))
+    shape = [1] * x.ndim
+    shape[1] = c
+    return slots.reshape(shape)
 
 
 @register_function_rule('view', 'reshape', torch.reshape, 'unflatten',

@@ -14,6 +14,8 @@ import torch
 
 FIXED = 0
 NONE = -1
+# above this many entries canon() dedups first (expanded slot tensors)
+_CANON_LIST_MAX = 512
 
 
 class SlotUnion:
@@ -52,12 +54,34 @@ class SlotUnion:
 
     def canon(self, s: torch.Tensor) -> torch.Tensor:
         """Replace each slot id by its current root (NONE stays NONE)."""
-        if s.numel() == 0:
+        n = s.numel()
+        if n == 0:
             return s
+        find = self.find
+        if n <= _CANON_LIST_MAX:
+            # compressed slot tensors are small: a plain list pass is several
+            # times cheaper than unique + gather
+            return torch.tensor([find(v) if v >= 0 else NONE
+                                 for v in s.reshape(-1).tolist()],
+                                dtype=torch.long).reshape(s.shape)
         u, inv = torch.unique(s, return_inverse=True)
-        roots = torch.tensor([self.find(v) if v >= 0 else NONE
+        roots = torch.tensor([find(v) if v >= 0 else NONE
                               for v in u.tolist()], dtype=torch.long)
         return roots[inv].reshape(s.shape)
+
+    def roots(self) -> torch.Tensor:
+        """Root of every slot id, as one tensor (vectorised find).
+
+        Pointer jumping (``p = p[p]``) halves every path per step, so it
+        needs O(log depth) tensor ops instead of one Python ``find`` per
+        slot; the roots are the same ones :meth:`find` returns.
+        """
+        p = torch.tensor(self.parent, dtype=torch.long)
+        while True:
+            q = p[p]
+            if torch.equal(q, p):
+                return p
+            p = q
 
     def union_tensors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Union ``a`` and ``b`` element-wise after broadcasting."""

@@ -28,13 +28,20 @@ from mmrazor_ext.graph import (
     export_pruned,
     fuse_conv_bn,
     remove_masks,
+    traceable_view,
 )
 from mmrazor_ext.registry import METRICS, PRUNERS
 
 from . import subnet_io
 from .cost import SubnetCost
+from .latency_target import (
+    LatencyModel,
+    latency_model_of,
+    sample_subnet_for_latency,
+)
 from .reconstruction import reconstruct
-from .sampling import SubnetSampler
+from .report import format_report, pinned_report
+from .sampling import SubnetSampler, check_divisor
 
 __all__ = ['ChannelPruner', 'load_subnet']
 
@@ -51,7 +58,11 @@ class ChannelPruner:
         ignore_layers: Layer names / prefixes / globs whose output channels
             are never pruned (network outputs are never pruned anyway).
         divisor: Kept channel counts are rounded to multiples of this
-            (e.g. 8 for hardware-friendly widths).
+            (e.g. 8 for hardware-friendly widths; 1, the default: no
+            rounding), or ``'auto'``: 8 for spaces of >= 32 channels, else
+            1 (:data:`~.sampling.AUTO_DIVISOR_RULE`; see
+            :meth:`divisor_of`). The default stays 1 until a quiet-machine
+            measurement shows 'auto' faster (see the README).
         round_to: Alias of ``divisor``.
         min_channels: Minimum units kept per space.
         leaf_modules: Extra leaf modules for the tracer.
@@ -65,7 +76,8 @@ class ChannelPruner:
 
     def __init__(self, model: nn.Module,
                  example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                 ignore_layers: Iterable[str] = (), divisor: int = 1,
+                 ignore_layers: Iterable[str] = (),
+                 divisor: int | str = 1,
                  round_to: int | None = None, min_channels: int = 1,
                  leaf_modules: Iterable[type | str] = (),
                  trace_train: bool = True):
@@ -79,11 +91,11 @@ class ChannelPruner:
         self.model = model
         self.example_inputs = tuple(example_inputs)
         self.ignore_layers = tuple(ignore_layers)
-        self.divisor = int(round_to if round_to is not None else divisor)
-        if self.divisor < 1:
-            raise ValueError(f'divisor must be >= 1, got {self.divisor}')
+        self.divisor = check_divisor(round_to if round_to is not None
+                                     else divisor)
         self.min_channels = max(1, int(min_channels))
         self.leaf_modules = tuple(leaf_modules)
+        self.trace_train = bool(trace_train)
         t0 = time.perf_counter()
         self.graph = ChannelGraph(model, self.example_inputs,
                                   ignore_layers=self.ignore_layers,
@@ -98,6 +110,7 @@ class ChannelPruner:
         self.subnet: dict[str, torch.Tensor] | None = None
         self.last_export_report: dict | None = None
         self.last_flops_report: dict | None = None
+        self.last_latency_report: dict | None = None
         self._cost: SubnetCost | None = None  # built on first use
 
     # -- spaces / metrics ---------------------------------------------------
@@ -105,6 +118,32 @@ class ChannelPruner:
     def channel_spaces(self):
         """``{name: ChannelSpace}`` of all prunable spaces."""
         return self.graph.spaces
+
+    def report(self, log: bool = True, limit: int = 40) -> list:
+        """Layers whose output channels are pinned (in no space) and why:
+        output layer, ignored, leaf module without a rule, or a group
+        constraint (tied to channels an op fixes); see
+        :func:`~.report.pinned_report` (one more graph analysis, cached).
+
+        Args:
+            log: Also log the table (:func:`~.report.format_report`).
+            limit: Rows in the logged table.
+
+        Returns:
+            ``[PinnedRow(layer, kind, channels, space, reason)]``.
+        """
+        rows = getattr(self, '_pinned_rows', None)
+        if rows is None:
+            rows = pinned_report(self.model, self.example_inputs, self.graph,
+                                 self.ignore_layers, self.leaf_modules,
+                                 self.trace_train)
+            self._pinned_rows = rows
+        if log:
+            print_log(f'{type(self.model).__name__}: '
+                      f'{len(self.channel_spaces)} channel spaces; pinned '
+                      f'layers:\n{format_report(rows, limit)}',
+                      logger='current')
+        return rows
 
     def get_metric_local(self, metric_name: str | dict,
                          contents: Mapping[str, Any] | None = None
@@ -137,6 +176,10 @@ class ChannelPruner:
         """Keep-mask sampling with this pruner's divisor / minimum."""
         return SubnetSampler(self.channel_spaces, self.divisor,
                              self.min_channels)
+
+    def divisor_of(self, space: str) -> int:
+        """Channel divisor of space ``space`` (``'auto'`` resolved)."""
+        return self.sampler.divisor_of(space)
 
     def sample_subnet_uniform(self, ratio: float,
                               scores: Mapping[str, torch.Tensor] | None = None
@@ -221,6 +264,33 @@ class ChannelPruner:
                       logger='current', level=30)
         return best
 
+    # -- latency (measured per-layer table, see :mod:`.latency_target`) --------
+    def latency_model(self, **options) -> LatencyModel:
+        """This pruner's per-layer latency table and estimator (built on
+        first use, loaded from its cache when it exists); ``options``:
+        ``batch=64``, ``grid=8``, ``repeats``, ``cache_dir``,
+        ``num_threads``, ``progress``."""
+        return latency_model_of(self, **options)
+
+    def estimate_latency(self, subnet: Mapping[str, torch.Tensor] | None
+                         = None, **options) -> float:
+        """Estimated seconds per batch of the model exported for ``subnet``
+        (``None``: the current masks), from :meth:`latency_model`."""
+        return self.latency_model(**options).estimate(subnet)
+
+    def sample_subnet_for_latency(self, ratio: float | None = None,
+                                  scores: Mapping[str, torch.Tensor] | None
+                                  = None, mode: str = 'uniform',
+                                  ms: float | None = None, tol: float = 0.01,
+                                  **options) -> dict[str, torch.Tensor]:
+        """Like :meth:`sample_subnet_for_flops` on estimated latency: keep
+        ``ratio`` of the dense latency or reach ``ms`` milliseconds per
+        batch (:func:`~.latency_target.sample_subnet_for_latency`); the
+        estimate is stored in ``last_latency_report``."""
+        subnet, self.last_latency_report = sample_subnet_for_latency(
+            self, ratio, scores, mode, ms, tol, **options)
+        return subnet
+
     def _exported_macs(self, subnet) -> int:
         """MACs of the model exported for ``subnet`` (masks restored)."""
         was = self.subnet
@@ -230,13 +300,14 @@ class ChannelPruner:
             self.clear_subnet()
         else:
             self.set_subnet(was)
-        return get_model_complexity(small, self.example_inputs,
+        return get_model_complexity(traceable_view(small),
+                                    self.example_inputs,
                                     leaf_modules=self.leaf_modules)['macs']
 
     # -- complexity (MACs, called flops in the seed API) ---------------------
     def _ensure_cost(self) -> SubnetCost:
         if self._cost is None:
-            self._cost = SubnetCost(self.model, self.graph,
+            self._cost = SubnetCost(traceable_view(self.model), self.graph,
                                     self.example_inputs, self.leaf_modules)
         return self._cost
 

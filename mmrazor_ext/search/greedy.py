@@ -141,9 +141,9 @@ class GreedySlimmer:
 
     # -- widths ------------------------------------------------------------------------
     def _granule(self, name: str) -> int:
-        space = self.pruner.channel_spaces[name]
-        div = max(1, self.pruner.divisor // max(1, space.unit_size))
-        return div if space.num_channels >= div else 1
+        # the pruner's per-space divisor (``divisor='auto'`` differs by
+        # space width), in units
+        return self.pruner.sampler.granule(name)
 
     def _floors(self) -> dict[str, int]:
         # The pruner's own rounding (divisor, min_channels): with

@@ -157,9 +157,7 @@ class SensitivityAllocator:
 
     # -- widths -----------------------------------------------------------------
     def _granule(self, name: str) -> int:
-        space = self.spaces[name]
-        g = self.sampler.step(space)
-        return g if space.num_channels >= g else 1
+        return self.sampler.granule(name)
 
     def _chunk(self, name: str) -> int:
         n, g = self.spaces[name].num_channels, self._granule(name)

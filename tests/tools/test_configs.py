@@ -22,7 +22,7 @@ SIZES = {'FashionMNIST': 28, 'CIFAR10': 32, 'ImageNet': 64,
          'CocoDetectionTV': 128}
 
 # {algo}_{model}_{gpus}xb{batch}_{data}.py; baselines have no {algo}.
-NAME = re.compile(r'^(?:(?P<algo>[a-z0-9_]+)_)?'
+NAME = re.compile(r'^(?:(?P<algo>[a-z0-9_-]+)_)?'
                   r'(?P<model>[a-z][a-z0-9-]*\d[a-z0-9-]*)_'
                   r'(?P<gpus>\d+)xb(?P<batch>\d+)_(?P<data>[a-z0-9]+)\.py$')
 DATASETS = {'fashionmnist': 'FashionMNIST', 'cifar10': 'CIFAR10',
@@ -95,6 +95,8 @@ def test_config_name_matches_content(path):
         assert len(hooks) == 1
         assert hooks[0].sparsity_config.scheduler.type == \
             ALGO_SCHEDULERS[algo]
+    elif algo is not None and algo.startswith('recipe_'):
+        assert cfg.model.type == 'CompressionRecipe'
     else:
         assert algo in ALGO_MODELS, f'unknown algorithm {algo!r}'
         assert cfg.model.type == ALGO_MODELS[algo]

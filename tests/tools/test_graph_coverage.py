@@ -3,6 +3,7 @@ torchvision is a script run, see its docstring)."""
 import json
 
 import pytest
+import torch
 
 from tools.analysis import graph_coverage
 
@@ -33,3 +34,63 @@ def test_main_writes_table_and_json(tmp_path, capsys):
     assert [r['model'] for r in rows] == ['cifar_resnet20', 'alexnet']
     text = capsys.readouterr().out
     assert 'passed 2/2' in text and 'alexnet' in text
+
+
+# -- --zoo timm: outcome per family, no silent no-op -------------------------
+class _Pinned(torch.nn.Module):
+    """Its only conv is pinned by an op without a rule (cumsum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.cumsum(self.conv(x), 1).mean((2, 3)))
+
+
+def test_timm_zoo_nothing_prunable_is_a_named_error(monkeypatch):
+    monkeypatch.setattr(graph_coverage, 'build_timm',
+                        lambda name: (_Pinned(), torch.randn(1, 3, 8, 8)))
+    row = graph_coverage.check_model('pinned', zoo='timm')
+    assert row['outcome'] == 'named error', row
+    assert row['error'].startswith('PinnedChannelsError')
+    assert 'cumsum' in row['error']
+
+
+def test_timm_zoo_rows_and_table(tmp_path, monkeypatch):
+    def net(name):
+        torch.manual_seed(0)
+        return (torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(16, 4)),
+            torch.randn(1, 3, 12, 12))
+    monkeypatch.setattr(graph_coverage, 'build_timm', net)
+    rc = graph_coverage.main(['--zoo', 'timm', '--models', 'a', 'b',
+                              '--out-dir', str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / 'coverage.json').read_text())
+    assert [r['outcome'] for r in rows] == ['pruned', 'pruned']
+    assert rows[0]['flops_ratio'] <= 0.75 and rows[0]['max_abs_diff'] < 1e-4
+    md = (tmp_path / 'coverage.md').read_text()
+    assert '| family | model | status |' in md and 'pruned: 2' in md
+
+
+def test_outcomes_and_size_order():
+    base = {'status': 'ok', 'flops_ratio': 0.5, 'error': ''}
+    assert graph_coverage.outcome_of(base) == 'pruned'
+    assert graph_coverage.outcome_of({**base, 'flops_ratio': 0.9}) == 'weak'
+    assert graph_coverage.outcome_of(
+        {**base, 'status': 'no prunable channels', 'flops_ratio': None}) \
+        == 'silent no-op'
+    assert graph_coverage.outcome_of(
+        {**base, 'error': 'UnsupportedOpError: x'}) == 'named error'
+    assert graph_coverage.outcome_of(
+        {**base, 'error': 'RuntimeError: x'}) == 'crash'
+    names = ['convnext_base', 'convnext_atto', 'convnext_tiny',
+             'resnet50', 'resnet18']
+    assert sorted(names, key=graph_coverage.size_key)[:2] == \
+        ['convnext_atto', 'convnext_tiny']
+    assert sorted(['resnet50', 'resnet18'],
+                  key=graph_coverage.size_key)[0] == 'resnet18'

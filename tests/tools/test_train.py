@@ -88,6 +88,15 @@ def test_demo_runs_on_tiny_data(tmp_path, tiny_fmnist):
     proc = run_tool([PY, 'tools/demo.py', '--epochs', '1', '--work-dir',
                      str(tmp_path), '--cfg-options', *opts])
     assert 'top-1 (%)' in proc.stdout and 'CDP-pruned' in proc.stdout
+    # The terminal gets progress bars and a few lines before the table;
+    # the Runners' full console output is in each stage's console.log.
+    before_table = proc.stdout.split('top-1 (%)')[0]
+    assert before_table.count('\n') + proc.stderr.count('\n') <= 50
+    assert 'System environment' not in proc.stdout
+    assert 'epoch 1/1' in proc.stderr  # the training progress bar
+    for stage in ('baseline', 'cdp_pruned'):
+        log = (tmp_path / stage / 'console.log').read_text()
+        assert 'System environment' in log and 'Epoch(train)' in log
     results = json.loads((tmp_path / 'results.json').read_text())
     assert results['dense']['params'] == 272474 - 2 * 16 * 9  # 1 channel
     assert abs(results['flops_reduction'] - 2.0) < 0.05

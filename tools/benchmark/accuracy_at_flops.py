@@ -22,7 +22,9 @@ recalibration, after reconstruction (methods that reconstruct), after
 fine-tuning, and the minutes each method took (pruning, calibration and
 fine-tuning). Every method uses the same calibration batches (the first
 ``--metric-batches`` training batches). Writes ``accuracy_at_flops.json``,
-``.csv`` and ``.md`` to ``--out-dir``.
+``.csv`` and ``.md`` to ``--out-dir``; ``rows_partial.json`` there keeps
+every finished row, so a killed run started again with the same flags
+skips the rows it has (``--fresh`` ignores them).
 
     python tools/benchmark/accuracy_at_flops.py            # issue 15, hours
     python tools/benchmark/accuracy_at_flops.py --depth 20 --epochs 1 \\
@@ -129,6 +131,20 @@ def run_method(method, baseline, calib, train_loader, test_loader, target,
     return row
 
 
+def finished_rows(path, budget):
+    """``{(target, method): row}`` saved by an earlier run with the same
+    budget; an empty dict when there is none or its budget differs."""
+    import json
+    if not osp.exists(path):
+        return {}
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get('budget') != json.loads(json.dumps(budget)):
+        print(f'{path}: written with another budget, not reused', flush=True)
+        return {}
+    return {(r['target'], r['method']): r for r in saved['rows']}
+
+
 def markdown(rows, budget):
     """The rows as a markdown table (percentages, vs dense)."""
     dense = next(r['top1_finetuned'] for r in rows if r['method'] == 'dense')
@@ -174,6 +190,8 @@ def main(argv=None):
     p.add_argument('--sens-bn-batches', type=int, default=5)
     p.add_argument('--sens-eval-batches', type=int, default=5)
     p.add_argument('--out-dir', default='work_dirs/benchmark_accuracy_at_flops')
+    p.add_argument('--fresh', action='store_true',
+                   help='ignore rows finished by an earlier run')
     args = p.parse_args(argv)
     if args.epochs is not None:
         args.baseline_epochs = args.finetune_epochs = args.epochs
@@ -185,10 +203,22 @@ def main(argv=None):
              'sampling': None, 'macs_ratio': 1.0,
              **{c: dense for c in COLUMNS}, 'minutes': 0.0}]
     rows[0]['top1_reconstructed'] = rows[0]['recon_seconds'] = None
+    budget = {k: getattr(args, k) for k in (
+        'depth', 'baseline_epochs', 'finetune_epochs', 'finetune_lr',
+        'targets', 'metric_batches', 'recon_batches', 'sens_step',
+        'sens_bn_batches', 'sens_eval_batches', 'candidate_metric', 'seed')}
+    budget.update(train_samples=len(train_loader.dataset),
+                  test_samples=len(test_loader.dataset))
+    partial = osp.join(args.out_dir, 'rows_partial.json')
+    done_rows = {} if args.fresh else finished_rows(partial, budget)
     # global metrics first: 'auto' picks the candidate's metric from them
     order = sorted(args.methods, key=lambda m: m == 'candidate')
     for target in args.targets:
         for method in order:
+            if (target, method) in done_rows:
+                rows.append(done_rows[(target, method)])
+                print(f'{method}@{target}: kept from {partial}', flush=True)
+                continue
             metric = args.candidate_metric
             if method == 'candidate' and metric == 'auto':
                 done = [r for r in rows if r['target'] == target
@@ -198,14 +228,10 @@ def main(argv=None):
             row = run_method(method, baseline, calib, train_loader,
                              test_loader, target, args, metric)
             rows.append(row)
+            atomic_write_json(partial, {'budget': budget, 'rows': rows[1:]},
+                              indent=2)
             print(f'{method}@{target}: {row}', flush=True)
-    budget = {k: getattr(args, k) for k in (
-        'depth', 'baseline_epochs', 'finetune_epochs', 'finetune_lr',
-        'targets', 'metric_batches', 'recon_batches', 'sens_step',
-        'sens_bn_batches', 'sens_eval_batches', 'candidate_metric', 'seed')}
-    budget.update(train_samples=len(train_loader.dataset),
-                  test_samples=len(test_loader.dataset),
-                  minutes=round((time.time() - t0) / 60, 2))
+    budget['minutes'] = round((time.time() - t0) / 60, 2)
     atomic_write_json(osp.join(args.out_dir, 'accuracy_at_flops.json'),
                       {'budget': budget, 'rows': rows}, indent=2)
     atomic_write_csv(osp.join(args.out_dir, 'accuracy_at_flops.csv'),

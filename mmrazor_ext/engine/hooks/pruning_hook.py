@@ -40,6 +40,8 @@ class PruningHook(Hook):
         self.export = export
 
     def _val(self, runner, model):
+        if runner.val_loop is None:  # e.g. detector configs: no top-1
+            return None
         return evaluate_top1(model, runner.val_dataloader, self.eval_batches)
 
     def before_train(self, runner) -> None:
@@ -85,7 +87,8 @@ class PruningHook(Hook):
         if not self.export or runner.rank != 0:
             return
         algo = unwrap_model(runner.model)
-        algo.export(runner.work_dir, val_batches=runner.val_dataloader)
+        algo.export(runner.work_dir, val_batches=runner.val_dataloader
+                    if runner.val_loop is not None else None)
 
 
 @HOOKS.register_module()

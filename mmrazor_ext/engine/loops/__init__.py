@@ -8,8 +8,9 @@ that this package can be imported from anywhere below ``algorithms/``.
 """
 from .autoslim_search_loop import AutoSlimSearchLoop
 from .hybrid_search_loop import HybridSearchLoop
+from .recipe_loop import RecipeLoop
 from .resumable_loop import ResumableEpochBasedTrainLoop
 from .search_loop import SearchLoop
 
-__all__ = ['AutoSlimSearchLoop', 'HybridSearchLoop',
+__all__ = ['AutoSlimSearchLoop', 'HybridSearchLoop', 'RecipeLoop',
            'ResumableEpochBasedTrainLoop', 'SearchLoop']

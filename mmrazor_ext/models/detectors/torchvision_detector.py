@@ -15,6 +15,7 @@ from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from mmrazor_ext.graph import traceable_view
 from mmrazor_ext.registry import MODELS
 
 
@@ -83,9 +84,10 @@ class TorchvisionDetector(BaseModel):
         raise ValueError(f'unknown mode {mode!r}')
 
     def _network(self, x: torch.Tensor):
-        """Backbone + FPN + heads on a batched tensor (traceable)."""
-        feats = self.detector.backbone(x)
-        if self.arch == 'retinanet':
-            return self.detector.head(list(feats.values()))
-        # Faster R-CNN: the RPN head is the dense part of the network.
-        return self.detector.rpn.head(list(feats.values()))
+        """Backbone + FPN + heads on a batched tensor (traceable): the
+        detector's traceable view. For Faster R-CNN that is the RPN head and
+        the box head on fixed RoIs, so the box head's inputs follow pruned
+        FPN channels (see :mod:`mmrazor_ext.graph.detection_rules`)."""
+        # .forward: the view is no registered submodule; its modules are
+        # the detector's, traced under their names here (detector.*)
+        return traceable_view(self.detector).forward(x)
