@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .blocks import BlockAnalysis, find_blocks
+from .patterns import is_plain_bn
 
 __all__ = ['ACTIVATION_FUNCTIONS', 'ACTIVATION_MODULES', 'MergeInfo',
            'MergeMeter', 'compose_branch', 'find_mergeable', 'merge_blocks',
@@ -220,7 +221,7 @@ def _analyse_one(analysis: BlockAnalysis, name: str) -> MergeInfo:
             steps.append(('conv', n.target))
             pads = [p + q for p, q in zip(pads, pad)]
             kernel = [k + int(m) - 1 for k, m in zip(kernel, mod.kernel_size)]
-        elif isinstance(mod, nn.BatchNorm2d):
+        elif isinstance(mod, nn.BatchNorm2d) and is_plain_bn(mod):
             if mod.running_mean is None:
                 out.reason = (f'BN {n.target} has no running statistics '
                               '(batch statistics are not affine)')

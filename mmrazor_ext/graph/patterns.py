@@ -6,9 +6,18 @@ from collections.abc import Callable
 
 from torch import fx, nn
 
-__all__ = ['conv_bn_pairs']
+__all__ = ['conv_bn_pairs', 'is_plain_bn']
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def is_plain_bn(module) -> bool:
+    """A BatchNorm whose forward is torch's own: folding it into the conv
+    before it is exact. A subclass with its own forward (timm's
+    ``BatchNormAct2d`` applies an activation) is not foldable."""
+    bn = nn.modules.batchnorm._BatchNorm
+    return isinstance(module, bn) and type(module).forward in (
+        bn.forward, nn.SyncBatchNorm.forward)
 
 
 def conv_bn_pairs(gm: fx.GraphModule,
@@ -32,8 +41,7 @@ def conv_bn_pairs(gm: fx.GraphModule,
     calls = Counter(n.target for n in gm.graph.nodes if n.op == 'call_module')
     pairs = []
     for n in gm.graph.nodes:
-        if n.op != 'call_module' or not isinstance(
-                mods.get(n.target), nn.modules.batchnorm._BatchNorm):
+        if n.op != 'call_module' or not is_plain_bn(mods.get(n.target)):
             continue
         src = n.args[0]
         if not (isinstance(src, fx.Node) and src.op == 'call_module' and

@@ -29,7 +29,7 @@ from torch import nn
 
 from mmrazor_ext.registry import SPARSE_SCHEDULERS
 
-from .base_scheduler import BaseScheduler, _log
+from .base_scheduler import BaseScheduler, note
 from .config import (
     Arg,
     SparsityConfigError,
@@ -154,7 +154,7 @@ class AmbaLevelPruneScheduler(BaseScheduler):
         try:
             comp = self.model_complexity()
         except Exception as e:  # analysis must never stop training
-            _log(f'AmbaLevelPruneScheduler: MAC statistics unavailable ({e}); '
+            note(f'AmbaLevelPruneScheduler: MAC statistics unavailable ({e}); '
                  'stride groups default to 0', 'WARNING')
         layers = (comp or {}).get('layers', {})
         self.total_macs = comp['flops'] if comp else None
@@ -266,7 +266,7 @@ class AmbaLevelPruneScheduler(BaseScheduler):
         self.achieved[stage] = achieved
         self.stage_layer_sparsity[stage] = per_layer
         ok = abs(achieved - target) <= TOLERANCE
-        _log(f'AmbaLevelPruneScheduler: stage {stage} (iter {self.cur_iter}) '
+        note(f'AmbaLevelPruneScheduler: stage {stage} (iter {self.cur_iter}) '
              f'target {self.table[stage]:g}% -> global sparsity '
              f'{100 * achieved:.2f}%' + ('' if ok else ' (outside 1.5 %!)'),
              'INFO' if ok else 'WARNING')
@@ -318,7 +318,7 @@ class AmbaLevelPruneScheduler(BaseScheduler):
     def save_stage(self, stage: int) -> str | None:
         self.saved_stages.append(stage)
         if self.save_dir is None:
-            _log(f'AmbaLevelPruneScheduler: stage {stage} finished '
+            note(f'AmbaLevelPruneScheduler: stage {stage} finished '
                  f'(save_dir is None: no checkpoint)')
             return None
         path = osp.join(self.save_dir,
@@ -330,7 +330,7 @@ class AmbaLevelPruneScheduler(BaseScheduler):
                 path, stage=stage, sparsity_table_entry=self.table[stage],
                 iter=self.cur_iter, total_macs=self.total_macs,
                 layer_macs={n: int(i['macs']) for n, i in self.layer_info.items()})
-            _log(f'AmbaLevelPruneScheduler: saved {path} (global sparsity '
+            note(f'AmbaLevelPruneScheduler: saved {path} (global sparsity '
                  f'{100 * self.global_sparsity():.2f}%)')
         return path
 
@@ -340,7 +340,7 @@ class AmbaLevelPruneScheduler(BaseScheduler):
             return False
         if (self.output_dir or self.save_dir) is None:
             if not getattr(self, '_warned_no_dir', False):
-                _log('AmbaLevelPruneScheduler: do_sparse_analysis needs '
+                note('AmbaLevelPruneScheduler: do_sparse_analysis needs '
                      'output_dir (or save_dir); analysis files not written',
                      'WARNING')
                 self._warned_no_dir = True

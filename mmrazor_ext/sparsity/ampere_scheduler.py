@@ -20,7 +20,7 @@ from torch import nn
 
 from mmrazor_ext.registry import SPARSE_SCHEDULERS
 
-from .base_scheduler import BaseScheduler, _log, layer_leaves, resolve_leaf_modules
+from .base_scheduler import BaseScheduler, layer_leaves, note, resolve_leaf_modules
 from .config import Arg, check_non_negative, one_of
 from .mask_generators import kept_magnitude_nm, nm_eligible, nm_mask
 from .sparse_modules import dense_weight
@@ -72,7 +72,7 @@ class AmpereScheduler(BaseScheduler):
         model = super().prepare_sparse_model(model, leaf_module, concrete_args,
                                              init_masks=False)
         if self.cfg['verbosity'] >= 1 or self.skipped:
-            _log(f'AmpereScheduler: 2:4 on {len(self.layers)} layer(s); '
+            note(f'AmpereScheduler: 2:4 on {len(self.layers)} layer(s); '
                  f'not eligible / skipped: {sorted(self.skipped) or "none"}')
         if init_masks:
             self.compute_masks()
@@ -88,7 +88,7 @@ class AmpereScheduler(BaseScheduler):
             layer.weight_fake_sparse.set_mask(
                 nm_mask(dense_weight(layer), self.N, self.M))
             if self.cfg['verbosity'] >= 2:
-                _log(f'AmpereScheduler: {name} {tuple(dense_weight(layer).shape)}')
+                note(f'AmpereScheduler: {name} {tuple(dense_weight(layer).shape)}')
         if not self.cfg['allow_recompute_mask']:
             self.apply_masks_to_weights()
         self._masks_ready = True
@@ -202,7 +202,7 @@ class AmpereScheduler(BaseScheduler):
         try:
             chains = self._producer_chains()
         except Exception as e:
-            _log(f'AmpereScheduler: permutation search skipped ({e})', 'WARNING')
+            note(f'AmpereScheduler: permutation search skipped ({e})', 'WARNING')
             return {}
         total_before = total_after = 0.0
         for name, chain in chains.items():
@@ -219,7 +219,7 @@ class AmpereScheduler(BaseScheduler):
             total_before += before
             total_after += after
         if chains:
-            _log(f'AmpereScheduler: permutation search on {len(chains)} layer(s): '
+            note(f'AmpereScheduler: permutation search on {len(chains)} layer(s): '
                  f'kept magnitude {total_before:.4f} -> {total_after:.4f}')
         return self.permutation_report
 

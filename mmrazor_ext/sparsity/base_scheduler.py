@@ -39,7 +39,7 @@ from .sparse_modules import (
 )
 
 
-def _log(msg: str, level: str = 'INFO') -> None:
+def note(msg: str, level: str = 'INFO') -> None:
     import logging
     print_log(msg, logger='current', level=getattr(logging, level))
 
@@ -90,7 +90,7 @@ def discover_layers(model: nn.Module, leaf_module: Iterable[Any] = (),
 
     leaves, unmatched = resolve_leaf_modules(model, leaf_module)
     if unmatched:
-        _log(f'leaf_module entries not found in the model (ignored): '
+        note(f'leaf_module entries not found in the model (ignored): '
              f'{unmatched}', 'WARNING')
     gm = trace_model(model, leaf_modules=leaves + layer_leaves(model),
                      concrete_args=concrete_args)
@@ -251,10 +251,10 @@ class BaseScheduler:
             self.layers[name] = module
         self.model = model
         if self.skipped:
-            _log(f'{type(self).__name__}: {len(self.skipped)} layer(s) kept '
+            note(f'{type(self).__name__}: {len(self.skipped)} layer(s) kept '
                  'dense: ' + ', '.join(f'{n} ({r})'
                                        for n, r in self.skipped.items()))
-        _log(f'{type(self).__name__}: sparsifying {len(self.layers)} layer(s)')
+        note(f'{type(self).__name__}: sparsifying {len(self.layers)} layer(s)')
         self.after_prepare()
         if init_masks:
             self.update(self.cur_iter)

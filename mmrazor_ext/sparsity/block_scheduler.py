@@ -18,7 +18,7 @@ import torch
 
 from mmrazor_ext.registry import SPARSE_SCHEDULERS
 
-from .base_scheduler import BaseScheduler, _log
+from .base_scheduler import BaseScheduler, note
 from .config import (
     Arg,
     SparsityConfigError,
@@ -103,7 +103,7 @@ class BlockSparseScheduler(BaseScheduler):
             layer.weight_fake_sparse.set_mask(mask)
         self.apply_masks_to_weights()
         self._masks_ready = True
-        _log(f'BlockSparseScheduler ({self.cfg["sparsity_method"]}): '
+        note(f'BlockSparseScheduler ({self.cfg["sparsity_method"]}): '
              f'{len(self.layers)} layer(s), global sparsity '
              f'{100 * self.global_sparsity():.2f}%')
 

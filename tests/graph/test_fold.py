@@ -70,3 +70,28 @@ def test_fold_linear_batchnorm1d():
     small = pruner.export(fuse_bn=True)
     pruner.clear_subnet()
     assert isinstance(small.bn1, nn.Identity) and small.fc1.out_features == 8
+
+
+class _BNAct(nn.BatchNorm2d):
+    """A BatchNorm subclass with its own forward (like timm's
+    BatchNormAct2d): normalise, then an activation."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_bn_subclass_with_own_forward_is_not_folded():
+    from mmrazor_ext.graph import find_conv_bn_pairs, fold_bn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _BNAct(8), nn.Conv2d(8, 4, 1),
+                          nn.BatchNorm2d(4)).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    # as a user leaf (tracing through BN's forward hits its control flow)
+    leaf = dict(leaf_modules=(_BNAct,))
+    assert find_conv_bn_pairs(model, x, **leaf) == [('2', '3')]
+    folded = fold_bn(model, x, **leaf)
+    assert isinstance(folded[1], _BNAct)
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
