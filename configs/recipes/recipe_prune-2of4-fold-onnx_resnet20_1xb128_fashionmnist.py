@@ -7,24 +7,15 @@
 # PNG), recipe_model.pth and recipe_model.onnx.
 #   python tools/train.py configs/baselines/resnet20_1xb128_fashionmnist.py
 #   python tools/train.py configs/recipes/<this file>
-_base_ = ['../_base_/finetune/resnet20_1xb128_fashionmnist.py']
+_base_ = ['./_base_/recipe_resnet20_1xb128_fashionmnist.py']
 
 epochs_per_stage = 2
-model = dict(
-    _delete_=True,
-    type='CompressionRecipe',
-    architecture={{_base_.model}},
-    input_shape=(1, 1, 28, 28),
-    init_checkpoint={{_base_.init_checkpoint}},
-    stages=[
-        dict(type='OneShotPruning', metric='l1',
-             target=dict(mode='flops', ratio=0.5, sampling='global'),
-             bn_recalib_batches=20, epochs=epochs_per_stage),
-        dict(name='Ampere 2:4', epochs=epochs_per_stage, sparsity=dict(
-            scheduler=dict(type='AmpereScheduler',
-                           kwargs=dict(allow_recompute_mask=False)))),
-        dict(type='Deploy', fuse_bn=True, onnx=True, check_onnx=True),
-    ])
-# One stage's schedule; RecipeLoop restarts it at every stage.
-param_scheduler = dict(end=epochs_per_stage)
-train_cfg = dict(_delete_=True, type='RecipeLoop', val_interval=1)
+model = dict(stages=[
+    dict(type='OneShotPruning', metric='l1',
+         target=dict(mode='flops', ratio=0.5, sampling='global'),
+         bn_recalib_batches=20, epochs=epochs_per_stage),
+    dict(name='Ampere 2:4', epochs=epochs_per_stage, sparsity=dict(
+        scheduler=dict(type='AmpereScheduler',
+                       kwargs=dict(allow_recompute_mask=False)))),
+    dict(type='Deploy', fuse_bn=True, onnx=True, check_onnx=True),
+])

@@ -3,33 +3,24 @@
 # 70 % unstructured sparsity of the pruned network's layers (2 epochs) ->
 # BN folding (zeros kept) -> ONNX checked with onnxruntime.
 #   python tools/train.py configs/recipes/<this file>
-_base_ = ['../_base_/finetune/resnet20_1xb128_fashionmnist.py']
+_base_ = ['./_base_/recipe_resnet20_1xb128_fashionmnist.py']
 
 epochs_per_stage = 2
-model = dict(
-    _delete_=True,
-    type='CompressionRecipe',
-    architecture={{_base_.model}},
-    input_shape=(1, 1, 28, 28),
-    init_checkpoint={{_base_.init_checkpoint}},
-    stages=[
-        dict(type='OneShotPruning', metric='l1',
-             target=dict(mode='flops', ratio=0.5, sampling='global'),
-             bn_recalib_batches=20, epochs=epochs_per_stage),
-        dict(name='Amba 70%', epochs=epochs_per_stage, sparsity=dict(
-            scheduler=dict(
-                type='AmbaLevelPruneScheduler',
-                kwargs=dict(
-                    total_iters=None,      # None: this stage's iterations
-                    sparsity_table=[70],
-                    prun_algo=1,
-                    prun_algo_tuning=0.5,
-                    do_sparse_analysis=False,
-                    default_input_shape=[1, 1, 28, 28],
-                    output_dir=None,       # None: work_dir/stage1_sparse_analysis
-                    save_dir=None)))),     # None: work_dir/stage1_sparse_ckpts
-        dict(type='Deploy', fuse_bn=True, onnx=True, check_onnx=True),
-    ])
-# One stage's schedule; RecipeLoop restarts it at every stage.
-param_scheduler = dict(end=epochs_per_stage)
-train_cfg = dict(_delete_=True, type='RecipeLoop', val_interval=1)
+model = dict(stages=[
+    dict(type='OneShotPruning', metric='l1',
+         target=dict(mode='flops', ratio=0.5, sampling='global'),
+         bn_recalib_batches=20, epochs=epochs_per_stage),
+    dict(name='Amba 70%', epochs=epochs_per_stage, sparsity=dict(
+        scheduler=dict(
+            type='AmbaLevelPruneScheduler',
+            kwargs=dict(
+                total_iters=None,      # None: this stage's iterations
+                sparsity_table=[70],
+                prun_algo=1,
+                prun_algo_tuning=0.5,
+                do_sparse_analysis=False,
+                default_input_shape=[1, 1, 28, 28],
+                output_dir=None,       # None: work_dir/stage1_sparse_analysis
+                save_dir=None)))),     # None: work_dir/stage1_sparse_ckpts
+    dict(type='Deploy', fuse_bn=True, onnx=True, check_onnx=True),
+])

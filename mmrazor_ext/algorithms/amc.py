@@ -29,6 +29,14 @@ and a run restarted before its first checkpoint reuses ``amc_search.json``
 when the search settings are unchanged. Under distributed training rank 0
 searches while the other ranks wait at a barrier (mind the process group's
 timeout for long searches), then every rank loads the same result.
+
+``target=dict(mode='latency', ratio=0.5)`` (or ``ms=``, plus the table keys
+of channel pruning's latency target: ``batch``, ``grid``, ``repeats``,
+``cache_dir``, ``num_threads``, ``clock``) replaces the MAC budget
+``amc_cfg.target_density``: every action is clamped so that the episode
+meets the budget on the pruner's latency table
+(``ChannelPruner.estimate_latency``; no model is timed per episode), the
+state's cost entries and the reward's cost term use that estimate too.
 """
 from __future__ import annotations
 
@@ -49,6 +57,10 @@ from mmrazor_ext.engine.checkpoint import safe_load
 from mmrazor_ext.registry import MODELS
 from mmrazor_ext.search.amc_search import LatencyProvider, parse_amc_cfg
 from mmrazor_ext.search.amc_workflow import run_amc
+from mmrazor_ext.search.latency_objective import (
+    LatencyObjective,
+    check_latency_config,
+)
 from mmrazor_ext.utils.evaluation import (
     evaluate_top1,
     recalibrate_bn,
@@ -89,6 +101,10 @@ class AMCPruning(OneShotPruning):
         latency: ``dict(run=True, cmd=None, repeats=10)`` measures each
             episode's latency (``cmd``: external command template with
             ``{onnx}``); off by default.
+        target: Default ``dict(mode='flops', ratio=target_density)``;
+            ``dict(mode='latency', ratio=r | ms=t, ...)`` budgets the
+            latency table's estimate instead (then leave
+            ``amc_cfg.target_density`` out).
         seed: Seed of the agent and of the environment's sampling.
         ckpt_prefix: Name prefix of the episode checkpoints.
         **kwargs: :class:`OneShotPruning` arguments (``init_checkpoint``,
@@ -112,6 +128,12 @@ class AMCPruning(OneShotPruning):
         kwargs.setdefault('target', dict(mode='flops',
                                          ratio=amc['target_density']))
         super().__init__(architecture, input_shape, metric='l1', **kwargs)
+        if self.target['mode'] == 'latency' and \
+                amc_raw.get('target_density') is not None:
+            raise ValueError("amc_cfg.target_density: a MAC budget, but "
+                             "target mode='latency' sets the budget "
+                             '(target.ratio / target.ms); give one of them '
+                             '(amc_cfg.target_density=None)')
         self.amc = amc
         self.amc_raw = amc_raw
         self.metric = dict(type='amc', pruning_method=amc['pruning_method'],
@@ -141,6 +163,13 @@ class AMCPruning(OneShotPruning):
         self.work_dir: str | None = None     # set by AMCPruningHook
         self.val_loader = None               # set by AMCPruningHook
         self.history: list[dict] = []
+
+    @classmethod
+    def check_target(cls, target: dict) -> dict:
+        if isinstance(target, dict) and target.get('mode') == 'latency':
+            # the DDPG agent picks the widths: no sampling or calibration
+            return check_latency_config(target, 'target')
+        return super().check_target(target)
 
     # -- data -----------------------------------------------------------------------
     def _cache(self, loader, skip: int, num: int) -> list:
@@ -175,7 +204,10 @@ class AMCPruning(OneShotPruning):
                           'calib': self.calib_batches,
                           'reward': [self.reward_batches, self.reward_data],
                           'features': self.feature_batches,
-                          'seed': self.seed}, sort_keys=True)
+                          'seed': self.seed, **({'target': self.target}
+                                                if self.target['mode'] ==
+                                                'latency' else {})},
+                         sort_keys=True)
         return hashlib.sha1(key.encode()).hexdigest()
 
     # -- pruning ----------------------------------------------------------------------
@@ -290,6 +322,8 @@ class AMCPruning(OneShotPruning):
             seed=self.seed, where='model.network',
             ckpt_subdir='amc_checkpoints', on_best=on_best,
             summary_file='amc_search.json',
-            summary_extra={'fingerprint': self._fingerprint()}, t_start=t0)
+            summary_extra={'fingerprint': self._fingerprint()}, t_start=t0,
+            latency_budget=LatencyObjective(self.pruner, self.target)
+            if self.target['mode'] == 'latency' else None)
         self.history = result.history
         return result.summary

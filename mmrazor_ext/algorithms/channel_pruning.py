@@ -62,8 +62,10 @@ class OneShotPruning(PruningAlgorithm):
             from a per-layer latency table measured on this machine
             (:mod:`~mmrazor_ext.pruners.latency_target`; keys ``batch=64``,
             ``grid=8``, ``repeats``, ``cache_dir``, ``num_threads``,
-            ``tol``,
-            ``sampling='uniform'|'global'``).
+            ``tol``, ``sampling='efficient'|'uniform'|'global'``, and the
+            closed loop that times the exported subnet and corrects the
+            target: ``calibrate=True``, ``calib_iters``, ``calib_repeats``,
+            ``calib_tol``).
         pruner: Extra :class:`ChannelPruner` arguments (``ignore_layers``,
             ``divisor``, ``min_channels``, ``leaf_modules``).
         init_checkpoint: Trained weights of ``architecture`` to start from

@@ -20,7 +20,9 @@ to the remaining blocks with ``merge_error <= linear_tol``, most linear
 first. Merging usually *adds* MACs (3x3 o 3x3 -> 5x5: 18 c^2 -> 25 c^2 per
 pixel), so with a FLOPs target the plan counts each merge's MAC change and
 removes more blocks to compensate (``allow_more_flops=False`` skips merges
-that add MACs instead).
+that add MACs instead). With a latency target a block's cost is what the
+latency table says removing it saves
+(:func:`~mmrazor_ext.search.latency_objective.block_latency_savings`).
 
 The removed and merged blocks and the channel subnet live in
 ``_extra_state``, which PyTorch loads on the root module before its
@@ -54,8 +56,15 @@ from mmrazor_ext.graph import (
     remove_blocks,
 )
 from mmrazor_ext.metrics import BlockFeatureCollector, LayerMetric
+from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.pruners.pruned_model import pruned_structure
 from mmrazor_ext.registry import METRICS, MODELS
+from mmrazor_ext.search.latency_objective import (
+    LatencyObjective,
+    block_latency_savings,
+    block_removal_subnet,
+    check_latency_config,
+)
 from mmrazor_ext.utils.evaluation import to_tensors
 
 from .base import PruningAlgorithm
@@ -203,7 +212,9 @@ class LayerFusion(PruningAlgorithm):
         target: ``dict(mode='num_blocks', num=k)`` removes the k weakest
             blocks; ``dict(mode='flops', ratio=r)`` (or ``flops_ratio=r``)
             removes weakest blocks until at most ``r`` of the FLOPs remain
-            (see :meth:`select`).
+            (see :meth:`select`); ``dict(mode='latency', ratio=r | ms=t)``
+            (and the table keys of channel pruning's latency target) until
+            the latency-table estimate is at most ``r`` of the dense one.
         removal_mode: ``'identity'`` (only blocks with identity shortcuts)
             or ``'keep_shortcut'`` (projection blocks may lose their
             residual branch and keep the shortcut).
@@ -241,7 +252,7 @@ class LayerFusion(PruningAlgorithm):
             a width step it does nothing.
     """
 
-    TARGET_MODES = {'num_blocks': 'num', 'flops': 'ratio'}
+    TARGET_MODES = {'num_blocks': 'num', 'flops': 'ratio', 'latency': 'ratio'}
     DEFAULT_TARGET = dict(mode='num_blocks', num=1)
     METRIC_KIND = LayerMetric
 
@@ -268,6 +279,10 @@ class LayerFusion(PruningAlgorithm):
                              f"'keep_shortcut', got {removal_mode!r}")
         self.removal_mode = removal_mode
         self.merging = self._check_merging(merging, int(metric_batches))
+        if self.merging is not None and self.target['mode'] == 'latency':
+            raise ValueError("merging: not available with target mode="
+                             "'latency' (a merged conv is not in the latency "
+                             'table); use a FLOPs target or no merging')
         self.channel_pruning = dict(channel_pruning) if channel_pruning \
             else None
         self.fuse_bn = bool(fuse_bn)
@@ -287,6 +302,13 @@ class LayerFusion(PruningAlgorithm):
         self.__dict__['_width'] = None
 
     # -- config checks ----------------------------------------------------------
+    @classmethod
+    def check_target(cls, target: dict) -> dict:
+        if isinstance(target, dict) and target.get('mode') == 'latency':
+            # blocks go weakest first: no channel sampling or calibration
+            return check_latency_config(target, 'target')
+        return super().check_target(target)
+
     @staticmethod
     def _check_merging(merge: dict | None, default_batches: int
                      ) -> dict | None:
@@ -490,13 +512,25 @@ class LayerFusion(PruningAlgorithm):
         saved = block_flops(self.architecture, blocks, self.example_inputs,
                             self.removal_mode)
         total = self.complexity()['flops']
+        target, cost = self.target, total
+        if target['mode'] == 'latency':  # block costs from the table
+            lat = LatencyObjective(ChannelPruner(
+                self.architecture, self.example_inputs,
+                leaf_modules=self.leaf_modules), self.target)
+            saved, cost, target = block_latency_savings(
+                lat, blocks, cands, self.removal_mode)
         plan = None
         if self.merging is not None:
             stats, delta = self.measure_merge(batches, blocks)
             plan = dict(self.merging, delta=delta, errors={
                 n: s['merge_error'] for n, s in stats.items()})
-        chosen, merged = plan_fusion(scores, cands, saved, total,
-                                     self.target, plan)
+        chosen, merged = plan_fusion(scores, cands, saved, cost, target,
+                                     plan)
+        if target['mode'] == 'latency':
+            self.report['latency'] = dict(lat.summary(block_removal_subnet(
+                lat.pruner, blocks, chosen, self.removal_mode)),
+                block_saved_ms={n: v * 1e3 for n, v in saved.items()},
+                dense_estimated_ms=cost * 1e3)
         self._remove(chosen, blocks)
         if merged:
             self._merge(merged)

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from mmrazor_ext.graph import OpTable, find_layer_kind, trace_model
+from mmrazor_ext.graph import OpTable, find_layer_kind, trace_model, traceable_view
 
 __all__ = ['get_model_complexity', 'register_module_flops',
            'register_function_flops', 'count_params']
@@ -225,7 +225,9 @@ def get_model_complexity(model: nn.Module,
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    gm = trace_model(model, leaf_modules=leaf_modules)
+    # a model FX cannot trace whole (detector, size-branching timm blocks)
+    # is counted through its traceable view: same layers, same names
+    gm = trace_model(traceable_view(model), leaf_modules=leaf_modules)
     was_training = model.training
     model.eval()
     try:

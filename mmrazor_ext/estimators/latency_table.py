@@ -37,8 +37,8 @@ from mmrazor_ext.utils import atomic_write_json
 
 from .latency import clock_of
 
-__all__ = ['LatencyTable', 'LayerSpec', 'TIMED_TYPES',
-           'DEFAULT_LATENCY_CACHE_DIR']
+__all__ = ['LatencyTable', 'LayerSpec', 'RatioCache', 'TIMED_TYPES',
+           'DEFAULT_LATENCY_CACHE_DIR', 'measure_ratio', 'random_batch']
 
 #: module classes the table can time (subclasses too)
 TIMED_TYPES = (nn.Conv2d, nn.Linear)
@@ -415,3 +415,95 @@ class LatencyTable:
     def dense_total(self) -> float:
         """:meth:`total` of the dense widths."""
         return self.total({})
+
+
+def random_batch(example_inputs: Sequence, batch: int) -> tuple:
+    """Random float inputs of the example shapes at ``batch`` (fixed seed;
+    non-float inputs passed as they are)."""
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.randn((batch, *x.shape[1:]), generator=gen,
+                             dtype=x.dtype)
+                 if isinstance(x, torch.Tensor) and x.is_floating_point()
+                 else x for x in example_inputs)
+
+
+def measure_ratio(dense: nn.Module, small: nn.Module,
+                  inputs: Sequence[torch.Tensor], repeats: int = 5,
+                  num_threads: int | None = None, clock: str = 'wall'
+                  ) -> tuple[float, float]:
+    """Fastest seconds of ``dense`` and ``small`` on ``inputs``, timed in
+    turn (one forward each per round, after one warm-up each) so that
+    background load and frequency changes hit both alike.
+
+    Returns:
+        ``(dense seconds, small seconds)``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or \
+            repeats < 1:
+        raise ValueError(f'measure_ratio: repeats must be an int >= 1, got '
+                         f'{repeats!r}')
+    threads = int(num_threads or torch.get_num_threads())
+    timer = clock_of(clock, threads)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    modes = [(m, m.training) for m in (dense, small)]
+    best = [math.inf, math.inf]
+    try:
+        for m, _ in modes:
+            m.eval()
+        with torch.inference_mode():
+            for m, _ in modes:  # oneDNN primitive creation, allocator
+                m(*inputs)
+            for _ in range(repeats):
+                for i, (m, _) in enumerate(modes):
+                    t0 = timer()
+                    m(*inputs)
+                    best[i] = min(best[i], timer() - t0)
+    finally:
+        torch.set_num_threads(old)
+        for m, was in modes:
+            m.train(was)
+    return best[0], best[1]
+
+
+class RatioCache:
+    """Measured latencies of pruned variants of one model, as JSON.
+
+    Entries are keyed by a text (the pruned widths) under a ``key`` (what
+    the measurement depends on: the table's key); a file written under
+    another key is ignored and replaced.
+
+    Args:
+        path: The JSON file (None: kept in memory only).
+        key: JSON-serialisable context of every entry.
+    """
+
+    def __init__(self, path: str | None, key: Mapping):
+        self.path, self.key = path, dict(key)
+        self.entries: dict[str, dict] = {}
+        if path is not None and osp.isfile(path):
+            try:
+                with open(path, encoding='utf-8') as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                data = {}  # unreadable: measured again and rewritten
+            if data.get('key') == self.key:
+                self.entries = dict(data.get('entries', {}))
+
+    @staticmethod
+    def digest(obj) -> str:
+        """Short stable hash of a JSON-serialisable object."""
+        return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()
+                            ).hexdigest()[:20]
+
+    def get(self, name: str) -> dict | None:
+        return self.entries.get(name)
+
+    def put(self, name: str, entry: Mapping) -> None:
+        """Store ``entry`` and rewrite the file atomically."""
+        self.entries[name] = dict(entry)
+        if self.path is None:
+            return
+        os.makedirs(osp.dirname(self.path) or '.', exist_ok=True)
+        atomic_write_json(self.path, {'key': self.key,
+                                      'entries': self.entries}, indent=None)

@@ -7,6 +7,7 @@ prunable layer type), the rule registries :func:`register_module_rule` /
 :func:`register_function_rule`, masking (:func:`apply_masks`) and export
 (:func:`export_pruned`).
 """
+from . import tensor_op_rules  # noqa: F401  (registers more op rules)
 from .blocks import BlockAnalysis, BlockInfo, find_blocks, remove_blocks
 from .channel_graph import (
                             ChannelGraph,

@@ -26,22 +26,23 @@ from . import layer_kinds, module_rules  # noqa: F401  (register rules)
 from .detection_rules import traceable_view
 from .patterns import conv_bn_pairs
 from .rules import FUNCTION_RULES, lookup_module_rule, opaque, unary
-from .slots import FIXED, NONE, SlotUnion, compress, full_like_shape
+from .slots import (
+    FIXED,
+    NONE,
+    SlotUnion,
+    compress,
+    full_like_shape,
+    group_components,
+    long_tensor,
+)
 from .tracer import (
+    MetaInterpreter,
     default_concrete_args,
     graph_depends_on_mode,
-    meta_function_output,
-    meta_module_output,
     same_graph_up_to_flags,
     set_train_mode,
     trace_model,
 )
-
-try:  # what torch.func.functional_call uses internally
-    from torch.nn.utils.stateless import _reparametrize_module
-except ImportError:  # pragma: no cover
-    from torch.func import functional_call as _fc  # noqa: F401
-    raise
 
 __all__ = ['ChannelSpace', 'ChannelGraph', 'LayerRecord', 'TensorPath',
            'UnsupportedOpError', 'run_tensor_forward']
@@ -49,6 +50,7 @@ __all__ = ['ChannelSpace', 'ChannelGraph', 'LayerRecord', 'TensorPath',
 
 
 _NDIM_KEY = 'mmrazor_ext_ndim'
+_CALL_OPS = frozenset(['call_module', 'call_function', 'call_method'])
 
 
 def _flags_ignored(n: fx.Node) -> bool:
@@ -168,13 +170,13 @@ def _map_slots(fn, s):
             _map_slots(fn, y)
 
 
-class _Analyzer(fx.Interpreter):
-    """Interprets the graph on real tensors and applies channel rules."""
+class _Analyzer(MetaInterpreter):
+    """Interprets the graph (on meta or real tensors) and applies channel
+    rules."""
 
     def __init__(self, gm: fx.GraphModule, graph: ChannelGraph,
                  meta: bool = False):
-        super().__init__(gm)
-        self.meta = meta
+        super().__init__(gm, meta)
         self.cg = graph
         self.union = graph.union
         self.senv: dict[fx.Node, Any] = {}
@@ -215,32 +217,21 @@ class _Analyzer(fx.Interpreter):
             self.size_prov[n] = prov
 
     # -- interpretation -------------------------------------------------------
-    def call_module(self, target, args, kwargs):
-        if self.meta:  # shapes only: skip slow meta kernels where possible
-            out = meta_module_output(self.fetch_attr(target), args, kwargs)
-            if out is not None:
-                return out
-        return super().call_module(target, args, kwargs)
-
-    def call_function(self, target, args, kwargs):
-        if self.meta and target is torch.nn.functional.batch_norm and \
-                args and isinstance(args[0], torch.Tensor):
-            # a norm module traced through (timm's BatchNormAct2d): same
-            # shortcut as for BN modules above
-            return args[0]
-        out = meta_function_output(target, args, kwargs) if self.meta \
-            else None
-        return out if out is not None else \
-            super().call_function(target, args, kwargs)
-
     def run_node(self, n: fx.Node):
-        out = super().run_node(n)
         self.node = n
-        if n.op == 'output':
-            _map_slots(self.union.fix, fx.node.map_arg(
-                n.args, lambda a: self.senv.get(a)))
-            return out
-        self.senv[n] = self._infer(n, out)
+        op = n.op
+        if op in _CALL_OPS:
+            # args fetched once, for the call and the rule
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = getattr(self, op)(n.target, args, kwargs)
+            self.senv[n] = self._infer(n, out, args, kwargs)
+        else:
+            out = super().run_node(n)
+            if op == 'output':
+                _map_slots(self.union.fix, fx.node.map_arg(
+                    n.args, lambda a: self.senv.get(a)))
+                return out
+            self.senv[n] = self._infer(n, out, None, None)
         if isinstance(out, torch.Tensor):
             n.meta[_NDIM_KEY] = out.ndim  # for conv_bn_pairs' Linear check
         return out
@@ -252,7 +243,7 @@ class _Analyzer(fx.Interpreter):
             return tuple(self._slots_of_placeholder(o) for o in out)
         return None
 
-    def _infer(self, n: fx.Node, out):
+    def _infer(self, n: fx.Node, out, args, kwargs):
         if n.op == 'placeholder':
             return self._slots_of_placeholder(out)
         if n.op == 'get_attr':
@@ -269,11 +260,11 @@ class _Analyzer(fx.Interpreter):
                 self.cg._add_param(n.target, slots)
                 return slots
             return self._slots_of_placeholder(out)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        sargs = fx.node.map_arg(n.args, lambda a: self.senv.get(a))
-        skwargs = fx.node.map_arg(n.kwargs, lambda a: self.senv.get(a))
+        senv = self.senv
+        sargs = fx.node.map_arg(n.args, senv.get)
+        skwargs = fx.node.map_arg(n.kwargs, senv.get) if n.kwargs else {}
         if n.op == 'call_module':
-            m = self.fetch_attr(n.target)
+            m = self.module_of(n.target)
             self.module_name = n.target
             rule = lookup_module_rule(m)
             if rule is None:
@@ -342,6 +333,7 @@ class ChannelGraph:
         self.ignore_layers = tuple(ignore_layers)
         self.union = SlotUnion()
         self.layers: dict[str, LayerRecord] = {}
+        self.size_sites: dict = {}  # literal split sizes (rules.SizeSite)
         self.conv_bn_pairs: list[tuple[str, str]] = []
         leaf_modules = tuple(leaf_modules)
         self._build(model, leaf_modules, trace_train)
@@ -380,6 +372,7 @@ class ChannelGraph:
     def _reset(self):
         self.union = self.new_union()
         self.layers = {}
+        self.size_sites = {}
 
     def _analyse(self, gm: fx.GraphModule, model: nn.Module, training: bool,
                  meta: bool):
@@ -389,19 +382,15 @@ class ChannelGraph:
             inputs = tuple(torch.cat([x, x]) if isinstance(x, torch.Tensor)
                            and x.ndim > 0 and x.shape[0] == 1 else x
                            for x in inputs)
-        was_training = model.training
-        set_train_mode(model, training)
+        if training:  # the caller (_build) holds the model in eval mode
+            model.train()
         try:
             if meta:
-                # shapes only: parameters, buffers and inputs on the meta
-                # device (no compute, nothing in the real model changes)
-                state = {k: torch.empty_like(v, device='meta')
-                         for k, v in list(gm.named_parameters()) +
-                         list(gm.named_buffers())}
+                # shapes only, on meta tensors (see MetaInterpreter)
                 inputs = tuple(torch.empty_like(x, device='meta')
                                if isinstance(x, torch.Tensor) else x
                                for x in inputs)
-                with torch.no_grad(), _reparametrize_module(gm, state):
+                with torch.no_grad():
                     _Analyzer(gm, self, meta=True).run(*inputs)
                 return
             buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -415,7 +404,8 @@ class ChannelGraph:
                         if k in buffers and v.shape == buffers[k].shape:
                             v.copy_(buffers[k])
         finally:
-            set_train_mode(model, was_training)
+            if training:
+                model.eval()
 
     def _analyse_all(self, model, graphs):
         try:
@@ -431,22 +421,29 @@ class ChannelGraph:
 
     def _build(self, model, leaf_modules, trace_train):
         model = traceable_view(model)  # a detector: its network only
+        self.root = model  # rules bind literal split sizes to its attributes
         was_training = model.training
+        # eval mode for tracing and analysis; every switch walks all modules,
+        # so the mode is restored once, and only if anything changed
+        changed = set_train_mode(model, False)
         try:
-            set_train_mode(model, False)
             self.gm = trace_model(model, leaf_modules=leaf_modules)
+            gm_train = None
             if trace_train and graph_depends_on_mode(model):
+                changed = True
                 model.train()
-                gm_train = trace_model(model, leaf_modules=leaf_modules)
-            else:
-                gm_train = None
+                try:
+                    gm_train = trace_model(model, leaf_modules=leaf_modules)
+                finally:
+                    model.eval()
+            graphs = [(self.gm, False)]
+            if gm_train is not None and not same_graph_up_to_flags(
+                    self.gm.graph, gm_train.graph, _flags_ignored):
+                graphs.append((gm_train, True))
+            self._analyse_all(model, graphs)
         finally:
-            set_train_mode(model, was_training)
-        graphs = [(self.gm, False)]
-        if gm_train is not None and not same_graph_up_to_flags(
-                self.gm.graph, gm_train.graph, _flags_ignored):
-            graphs.append((gm_train, True))
-        self._analyse_all(model, graphs)
+            if changed:
+                set_train_mode(model, was_training)
         self._find_conv_bn(self.gm)
         for name, rec in self.layers.items():
             if rec.out_slots is not None and rec.kind != 'param' and \
@@ -462,79 +459,89 @@ class ChannelGraph:
         u = self.union
         # root of every slot, once (vectorised look-ups below)
         self._roots = u.roots()
-        # second-level union over roots: roots made by one producer belong
-        # to one space
-        parent: dict[int, int] = {}
-
-        def pfind(x):
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
         producers = []
-        for rec in self.layers.values():
-            if not rec.producer:
-                continue
-            roots = self._roots[rec.out_slots.reshape(-1)]
-            roots = roots[roots != FIXED]
-            if not roots.numel():
-                continue
+        recs = [rec for rec in self.layers.values() if rec.producer]
+        # roots of all producers' outputs in one gather, then plain lists
+        # (one torch op per producer cost more than the list work)
+        flat = self._roots[torch.cat(
+            [rec.out_slots.reshape(-1) for rec in recs])].tolist() \
+            if recs else []
+        start = 0
+        for rec in recs:
+            n = rec.out_slots.numel()
+            all_roots = flat[start:start + n]
+            start += n
             # unique roots in order of first appearance
-            uniq, inv = torch.unique(roots, return_inverse=True)
-            first_pos = torch.full((uniq.numel(),), roots.numel())
-            first_pos.scatter_reduce_(0, inv, torch.arange(roots.numel()),
-                                      'amin')
-            roots = uniq[torch.argsort(first_pos)].tolist()
-            producers.append((rec, roots))
-            for r in roots:
-                parent.setdefault(r, r)
-            a0 = pfind(roots[0])
-            for r in roots[1:]:
-                b0 = pfind(r)
-                if a0 != b0:
-                    parent[b0] = a0
+            roots = [r for r in dict.fromkeys(all_roots) if r != FIXED]
+            if not roots:
+                continue
+            producers.append((rec, roots, all_roots))
+        comp_of = group_components([roots for _, roots, _ in producers])
         order: dict[int, dict[int, None]] = {}
         first: dict[int, LayerRecord] = {}
-        for rec, roots in producers:
-            comp = pfind(roots[0])
-            first.setdefault(comp, rec)
+        first_roots: dict[int, list[int]] = {}
+        for (rec, roots, all_roots), comp in zip(producers, comp_of):
+            if comp not in first:
+                first[comp] = rec
+                first_roots[comp] = all_roots
             order.setdefault(comp, {}).update(dict.fromkeys(roots))
         self.spaces: dict[str, ChannelSpace] = {}
         pos = torch.full((len(u),), -1, dtype=torch.long)
-        offset = 0
+        unit_roots: list[int] = []
         for comp, roots in order.items():
             roots = list(roots)
             name = first[comp].name
-            first_roots = self._roots[first[comp].out_slots.reshape(-1)]
-            unit = max(1, int((first_roots == roots[0]).sum()))
+            unit = max(1, first_roots[comp].count(roots[0]))
             space = ChannelSpace(name, [], torch.ones(len(roots), dtype=bool),
                                  unit, roots)
             self.spaces[name] = space
-            pos[torch.tensor(roots)] = torch.arange(offset,
-                                                    offset + len(roots))
-            offset += len(roots)
+            unit_roots.extend(roots)
+        offset = len(unit_roots)  # roots of different spaces are distinct
+        if unit_roots:
+            pos[long_tensor(unit_roots)] = torch.arange(offset)
         self.num_units = offset
         pos[pos < 0] = offset
         self._pos = pos
+        for site in self.size_sites.values():
+            site.index = self._index(site.slots)
+        self._index_layers()
+
+    def _index_layers(self) -> None:
+        """``in_index`` / ``out_index`` of every layer and the members of
+        every space, from one gather over all layers' slots (per-layer
+        torch ops dominated this step)."""
+        self.__dict__.pop('_producer_units', None)  # keep_one_per_producer
         space_list = list(self.spaces.values())
-        unit_space = torch.cat(
-            [torch.full((sp.num_channels,), i, dtype=torch.long)
-             for i, sp in enumerate(space_list)] +
-            [torch.full((1,), -1, dtype=torch.long)])
-        for rec in self.layers.values():
-            for role, slots in (('in', rec.in_slots), ('out', rec.out_slots)):
-                if slots is None:
-                    continue
-                idx = self._index(slots)
-                if role == 'in':
-                    rec.in_index = idx
-                else:
-                    rec.out_index = idx
-                role_name = 'param' if rec.kind == 'param' else role
-                for i in torch.unique(unit_space[idx]).tolist():
-                    if i >= 0:
-                        space_list[i].members.append((rec.name, role_name))
+        nsp = len(space_list)
+        entries = [(rec, role, slots) for rec in self.layers.values()
+                   for role, slots in (('in', rec.in_slots),
+                                       ('out', rec.out_slots))
+                   if slots is not None]
+        if not entries:
+            return
+        sizes = [s.numel() for _, _, s in entries]
+        flat = self._index(torch.cat([s.reshape(-1) for _, _, s in entries]))
+        for (rec, role, slots), idx in zip(entries, flat.split(sizes)):
+            setattr(rec, f'{role}_index', idx.reshape(slots.shape))
+        if not nsp:
+            return
+        unit_space = torch.cat([torch.repeat_interleave(
+            torch.arange(nsp),
+            torch.tensor([sp.num_channels for sp in space_list])),
+            torch.tensor([-1])])  # the last unit: fixed, in no space
+        spc = unit_space[flat]
+        seg = torch.repeat_interleave(torch.arange(len(entries)),
+                                      torch.tensor(sizes))
+        keep = spc >= 0
+        # (layer entry, space) pairs, sorted: entries in graph order, the
+        # spaces of one entry ascending (the order members are listed in);
+        # a flag table instead of unique's sort
+        hit = torch.zeros(len(entries) * nsp, dtype=torch.bool)
+        hit[seg[keep] * nsp + spc[keep]] = True
+        for key in hit.nonzero().reshape(-1).tolist():
+            rec, role, _ = entries[key // nsp]
+            space_list[key % nsp].members.append(
+                (rec.name, 'param' if rec.kind == 'param' else role))
 
     def _index(self, slots: torch.Tensor) -> torch.Tensor:
         """Global unit index per entry (``num_units`` = always kept)."""
@@ -550,7 +557,9 @@ class ChannelGraph:
                 else masks[name]
             parts.append(torch.as_tensor(m, dtype=torch.bool).reshape(-1))
         parts.append(torch.ones(1, dtype=torch.bool))
-        return torch.cat(parts)
+        # a concat input must keep a channel (see keep_one_per_producer)
+        from .export import keep_one_per_producer
+        return keep_one_per_producer(self, torch.cat(parts))
 
     def layer_keep(self, rec: LayerRecord, gmask: torch.Tensor, role: str
                    ) -> torch.Tensor | None:

@@ -24,6 +24,7 @@ the graph and its input channels follow the FPN's.
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -111,6 +112,9 @@ def traceable_view(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, (TraceableView, fx.GraphModule)):
         return model
+    if 'timm' in sys.modules:  # timm's views register with its rules
+        from .timm_rules import register_timm_rules
+        register_timm_rules()
     factory = next((TRACEABLE_VIEWS[c] for c in type(model).__mro__
                     if c in TRACEABLE_VIEWS), None)
     if factory is None:

@@ -6,6 +6,7 @@ free tensors (layer scale, positional embeddings) are sliced here.
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -17,7 +18,7 @@ from .layer_kinds import get_layer_kind, register_layer_kind, slice_attr
 from .masking import remove_masks
 
 __all__ = ['ExportError', 'export_pruned', 'check_equivalence',
-           'register_exporter', 'fuse_conv_bn']
+           'register_exporter', 'fuse_conv_bn', 'keep_one_per_producer']
 
 
 class ExportError(RuntimeError):
@@ -40,12 +41,21 @@ def _export_param(model: nn.Module, name: str, keep: torch.Tensor):
         return
     owner, _, attr = name.rpartition('.')
     m = model.get_submodule(owner) if owner else model
+    own = keep.shape
     keep = keep.expand(getattr(m, attr).shape)
     dims = [d for d in range(keep.ndim) if keep.shape[d] > 1 and not bool(
         (keep == keep.narrow(d, 0, 1)).all())]
+    if not dims:
+        # every channel dropped (a subnet keeping no unit of a space): the
+        # keep mask is constant, so the channel dim is the one dim the
+        # tensor's own index did not broadcast; a layer left without
+        # channels then fails the equivalence run with a named ExportError
+        dims = [d for d in range(len(own)) if own[d] > 1]
+        dims = [d + keep.ndim - len(own) for d in dims]
     if len(dims) != 1:
         raise ExportError(f'cannot slice tensor {name!r}: its kept channels '
-                          f'vary along dims {dims}')
+                          f'vary along dims {dims} (index shape '
+                          f'{tuple(own)}, tensor shape {tuple(keep.shape)})')
     d = dims[0]
     line = keep
     for other in range(keep.ndim):
@@ -53,6 +63,68 @@ def _export_param(model: nn.Module, name: str, keep: torch.Tensor):
             line = line.narrow(other, 0, 1)
     idx = line.reshape(-1).nonzero().reshape(-1)
     slice_attr(m, attr, d, idx)
+
+
+def keep_one_per_producer(graph: ChannelGraph, gmask: torch.Tensor
+                          ) -> torch.Tensor:
+    """Re-enable the first unit of every producer left with none.
+
+    A space spanning a concat (CSP / ESE / dense / inception blocks: the
+    concat's channels are tied to a residual or a gate) may drop every unit
+    of one concat input, and a conv / linear with zero output channels
+    cannot run. Masking and export both read the mask returned here, so the
+    masked and the exported model stay equal (one unit more is kept).
+
+    Args:
+        graph: The channel graph (its producer index is cached on it).
+        gmask: Global unit mask (:meth:`ChannelGraph.global_mask`).
+
+    Returns:
+        ``gmask`` itself when no producer is empty, else a repaired copy.
+    """
+    seg = graph.__dict__.get('_producer_units')
+    if seg is None:  # (unit, producer number) pairs and first unit of each
+        recs = _partial_producers(graph)
+        empty = torch.zeros(0, dtype=torch.long)
+        seg = (torch.cat(recs), torch.cat([
+            torch.full((len(r),), i, dtype=torch.long)
+            for i, r in enumerate(recs)]),
+            torch.stack([r[0] for r in recs])) if recs else \
+            (empty, empty, empty)
+        graph.__dict__['_producer_units'] = seg
+    units, owner, first = seg
+    if not len(first):
+        return gmask
+    kept = torch.zeros(len(first), dtype=torch.long).index_add_(
+        0, owner, gmask[units].long())
+    empty = kept == 0
+    if bool(empty.any()):
+        gmask = gmask.clone()
+        gmask[first[empty]] = True
+    return gmask
+
+
+def _partial_producers(graph: ChannelGraph) -> list[torch.Tensor]:
+    """Unit indices of the producers covering only part of their space
+    and no fixed channel: the only ones a sampler (at least one unit per
+    space) can leave empty. Most models have none, so the mask repair
+    costs nothing there."""
+    sizes = [sp.num_channels for sp in graph.spaces.values()]
+    if not sizes:
+        return []
+    unit_space = torch.repeat_interleave(torch.arange(len(sizes)),
+                                         torch.tensor(sizes))
+    width = torch.tensor(sizes)
+    res = []
+    for r in graph.layers.values():
+        if not r.producer or r.out_index is None or not r.out_index.numel():
+            continue
+        units = torch.unique(r.out_index.reshape(-1))
+        if int(units[-1]) >= len(unit_space):  # a fixed channel stays
+            continue
+        if len(units) < int(width[unit_space[units[0]]]):
+            res.append(units)
+    return res
 
 
 def clone_module(model: nn.Module, clone_tensors: bool = True
@@ -100,6 +172,11 @@ def clone_module(model: nn.Module, clone_tensors: bool = True
                 v = v.copy()
             elif isinstance(v, (list, set)):
                 v = type(v)(v)
+            elif isinstance(v, types.MethodType) and v.__self__ is m:
+                # a forward chosen in __init__ (timm's Partial_conv3:
+                # ``self.forward = self.forward_split_cat``) must run on
+                # the copy, not on the unsliced original
+                v = types.MethodType(v.__func__, new)
             d[k] = v
         object.__setattr__(new, '__dict__', d)
         memo[id(m)] = new
@@ -134,6 +211,8 @@ def export_pruned(model: nn.Module, graph: ChannelGraph,
             continue
         get_layer_kind(rec.kind).export(new.get_submodule(name), in_idx,
                                         out_idx)
+    for site in graph.size_sites.values():  # literal split sizes
+        site.apply(new, gmask)
     _unshare(new, model)
     return new
 
@@ -190,31 +269,70 @@ def _flat(x):
     return []
 
 
-def check_equivalence(reference: nn.Module, candidate: nn.Module,
-                      inputs: Sequence[torch.Tensor], rtol: float = 1e-5
-                      ) -> dict:
-    """Compare two models' eval-mode outputs on the same inputs.
-
-    Returns:
-        ``{'max_abs_diff', 'rel_diff', 'ok'}`` where ``rel_diff`` is the max
-        absolute difference divided by the reference's max magnitude.
-    """
+def _outputs(reference, candidate, inputs):
+    """Flat eval-mode outputs of both models (train flags restored)."""
     modes = (reference.training, candidate.training)
     reference.eval()
     candidate.eval()
     try:
         with torch.no_grad():
             ref = _flat(run_tensor_forward(reference, inputs))
-            out = _flat(run_tensor_forward(candidate, inputs))
+            try:
+                out = _flat(run_tensor_forward(candidate, inputs))
+            except RuntimeError as e:  # e.g. a channel count left unsliced
+                raise ExportError('the exported model fails to run where '
+                                  f'the reference runs: {e}') from e
     finally:
         reference.train(modes[0])
         candidate.train(modes[1])
+    return ref, out
+
+
+def _diff(ref, out) -> tuple[float, float]:
+    """(max abs diff, that over the reference's max magnitude)."""
     if len(ref) != len(out) or any(a.shape != b.shape
                                    for a, b in zip(ref, out)):
-        return {'max_abs_diff': float('inf'), 'rel_diff': float('inf'),
-                'ok': False}
-    diff = max(float((a.float() - b.float()).abs().max()) for a, b in
+        return float('inf'), float('inf')
+    diff = max(float((a.double() - b.double()).abs().max()) for a, b in
                zip(ref, out)) if ref else 0.0
-    scale = max(float(a.float().abs().max()) for a in ref) if ref else 1.0
-    rel = diff / max(scale, 1e-12)
-    return {'max_abs_diff': diff, 'rel_diff': rel, 'ok': rel <= rtol}
+    scale = max(float(a.double().abs().max()) for a in ref) if ref else 1.0
+    return diff, diff / max(scale, 1e-12)
+
+
+def check_equivalence(reference: nn.Module, candidate: nn.Module,
+                      inputs: Sequence[torch.Tensor], rtol: float = 1e-5,
+                      recheck_float64: bool = True) -> dict:
+    """Compare two models' eval-mode outputs on the same inputs.
+
+    A float32 comparison that fails is repeated on float64 copies: a
+    wrong slice differs in any precision, while float32 rounding amplified
+    by an ill-conditioned network (softmax attention over large logits on
+    random weights: visformer's masked model alone is 1.5e-5 away from its
+    own float64 result) vanishes there. The float64 verdict then decides.
+
+    Args:
+        reference: The masked (or original) model.
+        candidate: The exported (or fused) model.
+        inputs: Positional inputs of both.
+        rtol: Allowed max abs difference relative to the output scale.
+        recheck_float64: Repeat a failed float32 check in float64.
+
+    Returns:
+        ``{'max_abs_diff', 'rel_diff', 'ok'}`` where ``rel_diff`` is the max
+        absolute difference divided by the reference's max magnitude (both
+        of the first, as-given precision); with a float64 recheck also
+        ``'float64_rel_diff'``.
+    """
+    ref, out = _outputs(reference, candidate, inputs)
+    diff, rel = _diff(ref, out)
+    report = {'max_abs_diff': diff, 'rel_diff': rel, 'ok': rel <= rtol}
+    if report['ok'] or not recheck_float64 or rel == float('inf') or \
+            not any(t.dtype == torch.float32 for t in ref):
+        return report
+    ref64, out64 = _outputs(
+        clone_module(reference).double(), clone_module(candidate).double(),
+        [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point()
+         else x for x in inputs])
+    rel64 = _diff(ref64, out64)[1]
+    report.update(float64_rel_diff=rel64, ok=rel64 <= rtol)
+    return report

@@ -40,7 +40,8 @@ from .slots import channel_slots, compress, fixed_like
 
 __all__ = ['LayerKind', 'LAYER_KINDS', 'register_layer_kind',
            'unregister_layer_kind', 'get_layer_kind', 'find_layer_kind',
-           'is_layer_kind_class', 'slice_attr', 'weight_slicer']
+           'is_layer_kind_class', 'slice_attr', 'weight_slicer',
+           'group_norm_kept']
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -317,10 +318,13 @@ def prelu_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
 
 def group_norm_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
     """GroupNorm: statistics are per group, so whole groups are pruned
-    (channels of a group tied; ``num_groups`` shrinks)."""
+    (channels of a group tied; ``num_groups`` shrinks). With one group the
+    channels are free: the sliced layer normalises over the kept ones
+    (:func:`group_norm_kept`), like LayerNorm."""
     slots = channel_slots(ctx.union, sargs[0], 1, m.num_channels)
     per = m.num_channels // m.num_groups
-    ctx.union.union_tensors(slots, slots[::per].repeat_interleave(per))
+    if m.num_groups > 1:
+        ctx.union.union_tensors(slots, slots[::per].repeat_interleave(per))
     kind.add_member(ctx, out_slots=slots)
     return _as_channels(slots, out, 1)
 
@@ -332,7 +336,18 @@ def _export_gn(m, in_idx, out_idx):
     slice_attr(m, 'weight', 0, out_idx)
     slice_attr(m, 'bias', 0, out_idx)
     m.num_channels = out_idx.numel()
-    m.num_groups = m.num_channels // per
+    m.num_groups = 1 if m.num_groups == 1 else m.num_channels // per
+
+
+def group_norm_kept(m, x, out, keep):
+    """What the sliced GroupNorm computes (statistics over the kept
+    channels of each kept group), scattered back (zeros elsewhere)."""
+    per = m.num_channels // m.num_groups
+    groups = 1 if m.num_groups == 1 else keep.numel() // per
+    w = m.weight[keep] if m.weight is not None else None
+    b = m.bias[keep] if m.bias is not None else None
+    y = F.group_norm(x.index_select(1, keep), groups, w, b, m.eps)
+    return out.new_zeros(out.shape).index_copy(1, keep, y)
 
 
 def layer_norm_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
@@ -407,7 +422,7 @@ for _kind in (
                   channel_slicer(_BN_TENSORS, 'num_features'),
                   macs=affine_norm_macs),
         LayerKind('gn', (nn.GroupNorm,), group_norm_rule, _export_gn,
-                  macs=affine_norm_macs),
+                  macs=affine_norm_macs, masked_output=group_norm_kept),
         LayerKind('ln', (nn.LayerNorm,), layer_norm_rule, _export_ln,
                   in_dim=-1, out_dim=-1, macs=affine_norm_macs,
                   masked_output=_layer_norm_kept),

@@ -10,12 +10,24 @@ channels mixed by an op without a pruning rule).
 """
 from __future__ import annotations
 
+from array import array
+
 import torch
 
 FIXED = 0
 NONE = -1
 # above this many entries canon() dedups first (expanded slot tensors)
 _CANON_LIST_MAX = 512
+# up to this many element pairs union_tensors loops in Python (no dedup)
+_UNION_LIST_MAX = 4096
+
+
+def long_tensor(values: list[int]) -> torch.Tensor:
+    """``torch.tensor(values, dtype=torch.long)``, several times faster
+    for the lists the analysis makes (through a packed int64 buffer)."""
+    if not values:
+        return torch.empty(0, dtype=torch.long)
+    return torch.frombuffer(array('q', values), dtype=torch.long)
 
 
 class SlotUnion:
@@ -57,17 +69,20 @@ class SlotUnion:
         n = s.numel()
         if n == 0:
             return s
-        find = self.find
         if n <= _CANON_LIST_MAX:
             # compressed slot tensors are small: a plain list pass is several
             # times cheaper than unique + gather
-            return torch.tensor([find(v) if v >= 0 else NONE
-                                 for v in s.reshape(-1).tolist()],
-                                dtype=torch.long).reshape(s.shape)
+            return long_tensor(self.canon_list(
+                s.reshape(-1).tolist())).reshape(s.shape)
         u, inv = torch.unique(s, return_inverse=True)
-        roots = torch.tensor([find(v) if v >= 0 else NONE
-                              for v in u.tolist()], dtype=torch.long)
-        return roots[inv].reshape(s.shape)
+        return long_tensor(self.canon_list(u.tolist()))[inv].reshape(s.shape)
+
+    def canon_list(self, values: list[int]) -> list[int]:
+        """:meth:`canon` of a list of slot ids (most are roots already:
+        those skip the ``find`` call)."""
+        p, find = self.parent, self.find
+        return [NONE if v < 0 else v if p[v] == v else find(v)
+                for v in values]
 
     def roots(self) -> torch.Tensor:
         """Root of every slot id, as one tensor (vectorised find).
@@ -76,7 +91,7 @@ class SlotUnion:
         needs O(log depth) tensor ops instead of one Python ``find`` per
         slot; the roots are the same ones :meth:`find` returns.
         """
-        p = torch.tensor(self.parent, dtype=torch.long)
+        p = long_tensor(self.parent)
         while True:
             q = p[p]
             if torch.equal(q, p):
@@ -85,6 +100,21 @@ class SlotUnion:
 
     def union_tensors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Union ``a`` and ``b`` element-wise after broadcasting."""
+        if a.shape == b.shape and a.numel() <= _UNION_LIST_MAX:
+            # the common case (a residual add of two channel vectors): one
+            # list pass; the partition (and every root, the smallest id of
+            # its set) does not depend on the order of the unions. Inlined
+            # union(): most ids are roots already (no find call)
+            p, find = self.parent, self.find
+            for x, y in zip(a.reshape(-1).tolist(), b.reshape(-1).tolist()):
+                if x != y and x >= 0 and y >= 0:
+                    rx = x if p[x] == x else find(x)
+                    ry = y if p[y] == y else find(y)
+                    if rx < ry:
+                        p[ry] = rx
+                    elif ry < rx:
+                        p[rx] = ry
+            return
         a, b = torch.broadcast_tensors(a, b)
         m = (a >= 0) & (b >= 0) & (a != b)
         if not bool(m.any()):
@@ -100,11 +130,46 @@ class SlotUnion:
         """Make every slot in ``s`` unprunable."""
         if s is None:
             return
-        for v in torch.unique(s[s >= 0]).tolist():
-            self.union(v, FIXED)
+        values = set(s.reshape(-1).tolist()) \
+            if s.numel() <= _UNION_LIST_MAX else torch.unique(s).tolist()
+        union = self.union
+        for v in values:
+            if v > FIXED:
+                union(v, FIXED)
 
     def is_fixed(self, x: int) -> bool:
         return self.find(x) == FIXED
+
+
+def group_components(root_lists: list[list[int]]) -> list[int]:
+    """Component label per list: lists sharing an id (directly or through
+    other lists) get one label (the channel spaces: producers sharing a
+    root). ``owner`` maps every id seen to its component and is kept
+    current by relabelling the smaller side of a merge, so a list costs set
+    operations, not a find per id."""
+    owner: dict[int, int] = {}
+    ids_of: dict[int, list[int]] = {}
+    merged: dict[int, int] = {}  # absorbed component -> absorbing one
+    labels = []
+    for i, ids in enumerate(root_lists):
+        comps = {owner[r] for r in owner.keys() & ids}
+        c = max(comps, key=lambda k: len(ids_of[k])) if comps else i
+        ids_of.setdefault(c, [])
+        for k in comps - {c}:
+            moved = ids_of.pop(k)
+            ids_of[c].extend(moved)
+            owner.update(dict.fromkeys(moved, c))
+            merged[k] = c
+        new = [r for r in ids if r not in owner]
+        ids_of[c].extend(new)
+        owner.update(dict.fromkeys(new, c))
+        labels.append(c)
+    out = []
+    for c in labels:
+        while c in merged:
+            c = merged[c]
+        out.append(c)
+    return out
 
 
 def compress(s: torch.Tensor) -> torch.Tensor:
@@ -135,6 +200,20 @@ def channel_slots(union: SlotUnion, s: torch.Tensor, dim: int,
     If the slots also vary along other dims (a channel does not map to one
     position), the channels cannot be pruned: they are fixed.
     """
+    shape = s.shape
+    dims = [d for d in range(len(shape)) if shape[d] > 1]
+    if len(dims) <= 1 and 0 < s.numel() <= _UNION_LIST_MAX:
+        # a channel vector (the common case): the same result from one
+        # list pass, without compress's tensor ops
+        values = union.canon_list(s.reshape(-1).tolist())
+        v0 = values[0]
+        if any(v != v0 for v in values):
+            if dims[0] != dim % len(shape):
+                union.fix(long_tensor(values))
+                return torch.full((size,), FIXED, dtype=torch.long)
+        else:
+            values = [v0] * size
+        return long_tensor([v if v >= 0 else FIXED for v in values])
     s = compress(union.canon(s))
     dim = dim % s.ndim
     if any(d != dim for d in varying_dims(s)):

@@ -19,10 +19,29 @@ are plain compositions and are traced through; the layers below need more:
   ``LayerNorm``, ``GroupNorm1``, ``GroupNorm``, with or without an
   activation inside) get layer kinds whose masked mode normalises over the
   kept channels only (what the sliced layer computes) and then applies the
-  module's own drop / activation.
+  module's own drop / activation; the group norms reuse torch's ``gn``
+  kind (:mod:`.layer_kinds`, one group: free channels).
+* timm subclasses of those classes that keep the base's ``forward`` and
+  only change construction (MetaFormer's ``LayerNorm2dNoBias``,
+  ``GroupNorm1NoBias``, ``LayerNormNoBias``) get the base's kind.
+* ``MaxPool2dSame`` / ``AvgPool2dSame`` (NASNet, PNASNet) pad from the
+  input size: per-channel pass-through leaves, like ``nn.MaxPool2d``.
+* Weight-standardised convs (``ScaledStdConv2d`` ...; NFNet): conv
+  leaves whose dense inputs are fixed (the standardisation spans them),
+  outputs prunable.
+* SKNet's ``SelectiveKernelAttn`` is a leaf whose rule ties channel
+  ``c`` of every path (softmax over paths per channel) and whose export
+  slices ``fc_reduce`` inputs / ``fc_select`` outputs of every path.
+* Element-wise modules with one-element parameters (``StarReLU``,
+  HGNetV2's ``LearnableAffineBlock``) are pass-through leaves.
+* Tensor ops without a rule in :mod:`.rules` (``addcmul``, ``~``,
+  ``reshape_as``) are in :mod:`.tensor_op_rules`; blocks that branch on feature
+  sizes (VGG's ``ConvMlp``, ``MobileVitBlock``) are traced through views
+  (:mod:`.timm_views`).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import replace
 
@@ -31,12 +50,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layer_kinds import (
+    LAYER_KINDS,
     LayerKind,
     affine_norm_macs,
     get_layer_kind,
+    group_norm_kept,
+    is_layer_kind_class,
     register_layer_kind,
     slice_attr,
 )
+from .rules import spatial_rule
 from .slots import channel_slots, compress, fixed_like
 
 __all__ = ['register_timm_rules', 'timm_available']
@@ -107,38 +130,13 @@ def _ln_kept(dim):
     return masked_output
 
 
-# --------------------------------------------------------------------------
-# group norm (GroupNorm, GroupNorm1, GroupNormAct, GroupNorm1Act)
-# --------------------------------------------------------------------------
-def _gn_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
-    """Statistics per group: whole groups are pruned; with one group the
-    channels are free (normalised over the kept ones, like LayerNorm)."""
-    slots = channel_slots(ctx.union, sargs[0], 1, m.num_channels)
-    if m.num_groups > 1:
-        per = m.num_channels // m.num_groups
-        ctx.union.union_tensors(slots, slots[::per].repeat_interleave(per))
-    kind.add_member(ctx, out_slots=slots)
-    return _channels_on(slots, out, 1)
-
-
-def _export_gn(m, in_idx, out_idx):
-    if out_idx is None:
-        return
-    per = m.num_channels // m.num_groups
-    slice_attr(m, 'weight', 0, out_idx)
-    slice_attr(m, 'bias', 0, out_idx)
-    m.num_channels = out_idx.numel()
-    m.num_groups = 1 if m.num_groups == 1 else m.num_channels // per
-
-
-def _gn_kept(m, x, out, keep):
-    per = m.num_channels // m.num_groups
-    groups = 1 if m.num_groups == 1 else keep.numel() // per
-    w = m.weight[keep] if m.weight is not None else None
-    b = m.bias[keep] if m.bias is not None else None
-    y = F.group_norm(x.index_select(1, keep), groups, w, b, m.eps)
-    y = _post(m, y)
-    return out.new_zeros(out.shape).index_copy(1, keep, y)
+def _with_post(kept):
+    """A norm's masked output followed by its own drop / activation."""
+    def masked_output(m, x, out, keep):
+        y = kept(m, x, out, keep)
+        return out.new_zeros(out.shape).index_copy(
+            1, keep, _post(m, y.index_select(1, keep)))
+    return masked_output
 
 
 def _classes(module, names) -> tuple[type, ...]:
@@ -159,6 +157,8 @@ def register_timm_rules() -> bool:
     except ImportError:
         return False
     _DONE = True
+    from .timm_views import register_timm_views
+    register_timm_views()
     # plain subclasses (timm's Linear only casts the weight to the input
     # dtype): their base class's kind, as leaves
     for base, names in (('conv', ('Conv2dSame',)), ('linear', ('Linear',))):
@@ -176,8 +176,184 @@ def register_timm_rules() -> bool:
                       masked_output=_ln_kept(-1)),
             LayerKind('timm_ln2d', ln_2d, _ln_rule(1), _export_ln,
                       macs=affine_norm_macs, masked_output=_ln_kept(1)),
-            LayerKind('timm_gn', gn, _gn_rule, _export_gn,
-                      macs=affine_norm_macs, masked_output=_gn_kept)):
+            # torch's GroupNorm kind (one group: free channels), plus the
+            # module's own drop / activation in masked mode
+            replace(get_layer_kind('gn'), name='timm_gn', types=gn,
+                    masked_output=_with_post(group_norm_kept))):
         if kind.types:
             register_layer_kind(kind)
+    # MaxPool2dSame is not exported by timm.layers
+    pools = _classes(importlib.import_module('timm.layers.pool2d_same'),
+                     ('MaxPool2dSame', 'AvgPool2dSame'))
+    if pools:
+        register_layer_kind(LayerKind('timm_pool_same', pools,
+                                      _pool_same_rule, _no_export))
+    std = _classes(tl, ('StdConv2d', 'StdConv2dSame', 'ScaledStdConv2d',
+                        'ScaledStdConv2dSame'))
+    if std:
+        conv = get_layer_kind('conv')
+        register_layer_kind(replace(conv, name='timm_std_conv', types=std,
+                                    rule=_std_conv_rule,
+                                    export=_std_conv_export(conv.export)))
+    sk_attn = _classes(importlib.import_module(
+        'timm.layers.selective_kernel'), ('SelectiveKernelAttn',))
+    if sk_attn:
+        register_layer_kind(LayerKind('timm_sk_attn', sk_attn, _sk_attn_rule,
+                                      _export_sk_attn, in_dim=2, out_dim=2,
+                                      macs=_sk_attn_macs))
+    scalar = _scalar_affine_classes()
+    if scalar:
+        register_layer_kind(LayerKind('timm_scalar_affine', scalar,
+                                      _pass_rule, _no_export))
+    _register_plain_subclasses()
     return True
+
+
+def _scalar_affine_classes() -> tuple[type, ...]:
+    """Element-wise timm modules whose parameters are one-element tensors
+    (see :func:`_pass_rule`)."""
+    import importlib
+    found = []
+    for mod, name in (('timm.models.metaformer', 'StarReLU'),
+                      ('timm.models.hgnet', 'LearnableAffineBlock')):
+        try:
+            found.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):  # another timm version
+            continue
+    return tuple(found)
+
+
+def _pass_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
+    """An element-wise op with scalar parameters (MetaFormer's ``StarReLU``
+    ``s * relu(x) ** 2 + b``, HGNetV2's ``LearnableAffineBlock``
+    ``s * x + b``). Traced through, its one-element ``s`` / ``b``
+    would be free tensors broadcast against, hence tied to, every channel
+    of ``x`` (the whole layer one unit); as a leaf it passes ``x``'s slots
+    through and owns no channels."""
+    s = sargs[0] if sargs else None
+    if not isinstance(s, torch.Tensor) or not isinstance(out, torch.Tensor) \
+            or s.ndim != out.ndim:
+        return fixed_like(out)
+    return s
+
+
+def _pool_same_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
+    """``MaxPool2dSame`` / ``AvgPool2dSame``: a pooling whose padding is
+    computed from the input size (python arithmetic on ``x.shape``, which
+    FX cannot trace). As a leaf it is what ``nn.MaxPool2d`` is: per
+    channel over dims >= 2, so the slots pass through (no channels of its
+    own, nothing to slice)."""
+    return spatial_rule(ctx, args, kwargs, sargs, skwargs, out)
+
+
+def _std_conv_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
+    """timm's weight-standardised convs (``StdConv2d``,
+    ``ScaledStdConv2d`` and their ``Same`` variants; NFNet, BiT, hybrid
+    ViTs) standardise each output channel's weight over its (input, kh,
+    kw) entries at run time, and ``ScaledStdConv2d`` scales by the fan-in
+    fixed at construction. Removing an input channel changes the mean /
+    variance of every kept weight, so the sliced conv would differ from
+    the masked one: the inputs of a dense one are fixed. Output channels
+    (each standardised on its own) and whole groups of a grouped conv (a
+    kept output keeps its whole fan-in) prune exactly. As a leaf the
+    ``Same`` variants' input-size padding is not traced either."""
+    if m.groups == 1 and isinstance(sargs[0], torch.Tensor):
+        ctx.union.fix(compress(ctx.union.canon(sargs[0])))
+    return get_layer_kind('conv').rule(kind, ctx, m, args, kwargs, sargs,
+                                       skwargs, out)
+
+
+def _std_conv_export(conv_export):
+    def export(m, in_idx, out_idx):
+        """The conv's slicing plus the per-output ``gain`` (scaled
+        variants); ``scale`` stays: each kept fan-in is unchanged."""
+        conv_export(m, in_idx, out_idx)
+        if out_idx is not None:
+            slice_attr(m, 'gain', 0, out_idx)
+    return export
+
+
+def _sk_attn_macs(m, args, kwargs, out) -> int:
+    """MACs of a ``SelectiveKernelAttn`` call (a leaf, so the FLOPs counter
+    cannot see its two 1x1 convs): both convs on the pooled 1x1 map plus the
+    BN's affine, per sample."""
+    batch = args[0].shape[0]
+    reduce, select = m.fc_reduce, m.fc_select
+    return batch * (reduce.in_channels * reduce.out_channels +
+                    select.in_channels * select.out_channels +
+                    reduce.out_channels)
+
+
+def _sk_attn_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
+    """SKNet's ``SelectiveKernelAttn``: ``x`` is ``[B, paths, C, H, W]``,
+    the output ``[B, paths, C, 1, 1]`` softmax weights over the paths of
+    each channel ``c``, from ``fc_select`` (``paths * C`` outputs, path
+    major) after a squeeze ``fc_reduce`` of the path sum. Channel ``c`` of
+    every path is one unit (the path sum, the softmax and the weighted sum
+    over paths all combine exactly these); pruning it removes input ``c``
+    of ``fc_reduce`` and outputs ``p * C + c`` of ``fc_select``. Traced
+    through, the sum and softmax over the path dim pinned every channel."""
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or x.ndim != 5 or \
+            x.shape[1] != m.num_paths or not isinstance(sargs[0],
+                                                        torch.Tensor):
+        raise ValueError(f'SelectiveKernelAttn expects [B, {m.num_paths}, '
+                         f'C, H, W], got {tuple(getattr(x, "shape", ()))}')
+    s = compress(ctx.union.canon(sargs[0]))
+    s = s.reshape((1,) * (x.ndim - s.ndim) + tuple(s.shape))
+    if s.shape[1] > 1:
+        ctx.union.union_tensors(s, s.narrow(1, 0, 1))
+        s = compress(ctx.union.canon(s))
+    if s.shape[1] > 1:  # a path fixed, another not: all fixed
+        ctx.union.fix(s)
+    slots = channel_slots(ctx.union, s, 2, x.shape[2])
+    kind.add_member(ctx, in_slots=slots, out_slots=slots)
+    return slots.reshape(1, 1, -1, 1, 1)
+
+
+def _export_sk_attn(m, in_idx, out_idx):
+    idx = out_idx if out_idx is not None else in_idx
+    if idx is None:
+        return
+    c = m.fc_reduce.in_channels
+    slice_attr(m.fc_reduce, 'weight', 1, idx)
+    m.fc_reduce.in_channels = idx.numel()
+    sel = torch.cat([p * c + idx for p in range(m.num_paths)])
+    slice_attr(m.fc_select, 'weight', 0, sel)
+    slice_attr(m.fc_select, 'bias', 0, sel)
+    m.fc_select.out_channels = sel.numel()
+
+
+def _no_export(m, in_idx, out_idx):
+    """Nothing per channel to slice."""
+
+
+def _forward_owner(cls: type) -> type:
+    return next(c for c in cls.__mro__ if 'forward' in c.__dict__)
+
+
+def _register_plain_subclasses() -> None:
+    """timm subclasses of a layer kind's class that keep its forward and
+    only change construction (MetaFormer's ``LayerNorm2dNoBias``,
+    ``GroupNorm1NoBias``, ``LayerNormNoBias``): the same kind. Only exact
+    classes of a kind are leaves (a subclass may override forward), so
+    these were traced through into an opaque ``F.layer_norm`` that pinned
+    every channel it normalises."""
+    for kind in list(LAYER_KINDS.values()):
+        extra = []
+        for base in kind.types:
+            stack = list(base.__subclasses__())
+            while stack:
+                sub = stack.pop()
+                stack.extend(sub.__subclasses__())
+                if not sub.__module__.startswith('timm.') or \
+                        is_layer_kind_class(sub) or sub in extra:
+                    continue
+                nearest = next(c for c in sub.__mro__
+                               if is_layer_kind_class(c))
+                if nearest is base and \
+                        _forward_owner(sub) is _forward_owner(base):
+                    extra.append(sub)
+        if extra:
+            register_layer_kind(replace(kind, types=kind.types + tuple(
+                extra)))

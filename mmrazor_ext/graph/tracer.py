@@ -14,14 +14,30 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx.traceback as fx_traceback
+import torch.nn.functional as F
 from torch import nn
 
+# what torch.func.functional_call uses to swap a module's tensors
+from torch.nn.utils.stateless import _reparametrize_module
+
 from .layer_kinds import is_layer_kind_class
+
+try:
+    # generates the Python code of forward on first call, not at
+    # construction: most traces are only analysed (the code generation is
+    # ~10 % of a ResNet-56 graph build), and a call or ``.code`` still works
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - older torch
+    _GraphModule = fx.GraphModule
 
 __all__ = ['TraceError', 'trace_model', 'default_concrete_args',
            'node_outputs_module', 'graph_depends_on_mode', 'set_train_mode',
            'meta_module_output', 'meta_function_output',
-           'same_graph_up_to_flags']
+           'same_graph_up_to_flags', 'MetaInterpreter']
+
+
+_PLAIN_ARGS = frozenset([int, float, bool, str, type(None)])
 
 
 class TraceError(RuntimeError):
@@ -51,6 +67,80 @@ class _LeafTracer(fx.Tracer):
         if is_layer_kind_class(type(m)):  # described as a whole
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def create_arg(self, a: Any):
+        # the common exact types, answered as torch.fx would after its
+        # parameter / tensor / opaque-type checks (a quarter of the trace
+        # time went there); anything else takes the full path
+        t = type(a)
+        if t is fx.Proxy:
+            return a.node
+        if t in _PLAIN_ARGS:
+            return a
+        if t is nn.Parameter or t is torch.Tensor:
+            # torch.fx searches named_parameters / named_buffers for every
+            # tensor argument (quadratic in a model whose norm layers are
+            # traced through: timm's BatchNormAct2d); same first name here
+            name = self._tensor_name(a, t is nn.Parameter)
+            if name is not None:
+                return self.create_node('get_attr', name, (), {})
+        if t is tuple:
+            return tuple([self.create_arg(e) for e in a])
+        if t is list:
+            return [self.create_arg(e) for e in a]
+        if t is dict and not a:  # the kwargs of most calls
+            return {}
+        return super().create_arg(a)
+
+    def _tensor_name(self, t: torch.Tensor, param: bool) -> str | None:
+        """The first name of ``t`` among ``self.root``'s parameters
+        (``param``) or buffers, as named_parameters / named_buffers list
+        them; the maps are built once per root."""
+        cache = getattr(self, '_names_cache', None)
+        if cache is None or cache[0] is not self.root:
+            maps = ({}, {})
+            for k, v in self.root.named_buffers():
+                maps[0].setdefault(id(v), (k, v))
+            for k, v in self.root.named_parameters():
+                maps[1].setdefault(id(v), (k, v))
+            cache = self._names_cache = (self.root, maps)
+        hit = cache[1][param].get(id(t))
+        return hit[0] if hit is not None and hit[1] is t else None
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        # torch's getattr with a dict look-up instead of a walk over
+        # named_parameters / named_buffers per parameter attribute access
+        if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        name = self._tensor_name(attr_val, True) \
+            if isinstance(attr_val, nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes:
+            name = self._tensor_name(attr_val, False)
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy(
+                'get_attr', name, (), {})
+        return parameter_proxy_cache[name]
+
+    def create_node(self, kind, target, args, kwargs, name=None,
+                    type_expr=None):
+        # TracerBase.create_node in the default configuration (no mutation
+        # check, no stack traces, no preserved node meta), with a dict copy
+        # of the module stack instead of copy.copy (its __reduce_ex__ path
+        # was a tenth of the trace); anything else takes torch's own path
+        if self.check_mutable_operations or self.record_stack_traces or \
+                fx_traceback.has_preserved_node_meta():
+            return super().create_node(kind, target, args, kwargs, name,
+                                       type_expr)
+        node = self.graph.create_node(kind, target, args, kwargs, name,
+                                      type_expr)
+        scope = self.scope
+        self.node_name_to_scope[node.name] = (scope.module_path,
+                                              scope.module_type)
+        if self.module_stack:
+            node.meta['nn_module_stack'] = self.module_stack.copy()
+        return node
 
     def call_module(self, m, forward, args, kwargs):
         try:
@@ -151,8 +241,18 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             f'torch.fx could not trace {type(model).__name__}.forward: '
             f'{type(e).__name__}: {e}. Mark the offending submodule with '
             'leaf_modules=(...) or pass concrete_args.') from e
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str
+                  ) -> fx.GraphModule:
+    """``GraphModule(root, graph, name)`` (code generated lazily). torch's
+    constructor copies the container path to every called module: the
+    trace keeps its own module tree, so a caller that later replaces a
+    block of the model (layer fusion) still finds the traced names. Linking
+    the model's top-level modules instead saved ~3 ms on ResNet-56 but let
+    such edits break the trace."""
+    return _GraphModule(root, graph, name)
 
 
 def node_outputs_module(gm: fx.GraphModule, node_names: list[str]
@@ -202,20 +302,41 @@ def graph_depends_on_mode(model: nn.Module) -> bool:
     path...)."""
     for m in model.modules():
         cls = type(m)
-        if cls.__module__.startswith('torch.nn.'):
+        if cls.__module__.startswith('torch.nn.') or _mode_is_a_flag(m):
             continue
         if _forward_reads_training(cls):
             return True
     return False
 
 
-def set_train_mode(model: nn.Module, training: bool) -> None:
+def _mode_is_a_flag(m: nn.Module) -> bool:
+    """Drop modules whose train-mode trace differs from the eval one only
+    by a flag argument: torchvision's ``StochasticDepth`` calls the
+    FX-wrapped ``stochastic_depth(x, p, mode, self.training)``, and timm's
+    ``DropPath`` with ``drop_prob == 0`` returns its input in both modes.
+    Tracing those models twice only to find the same graph was a third of
+    an EfficientNet-B0 graph build."""
+    cls = type(m)
+    if cls.__module__ == 'torchvision.ops.stochastic_depth':
+        return cls.__name__ == 'StochasticDepth'
+    if cls.__module__ == 'timm.layers.drop' and cls.__name__ == 'DropPath':
+        return not getattr(m, 'drop_prob', 1.0)
+    return False
+
+
+def set_train_mode(model: nn.Module, training: bool) -> bool:
     """``model.train(training)``, skipped when every module already is in
     that mode (same result): graph building switches modes several times and
     ``train()`` ``setattr``s every module or runs a slow override
-    (mmpretrain's backbones)."""
+    (mmpretrain's backbones).
+
+    Returns:
+        Whether any module changed mode.
+    """
     if any(m.training != training for m in model.modules()):
         model.train(training)
+        return True
+    return False
 
 
 # -- shape-only evaluation ----------------------------------------------------
@@ -298,7 +419,69 @@ def meta_function_output(target: Any, args: tuple, kwargs: dict):
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) \
             or a.dtype != b.dtype or not a.is_floating_point():
         return None
-    return _meta_like(a, torch.broadcast_shapes(a.shape, b.shape))
+    # equal shapes (a residual add) skip broadcast_shapes, a Python ref
+    return _meta_like(a, a.shape if a.shape == b.shape else
+                      torch.broadcast_shapes(a.shape, b.shape))
+
+
+class MetaInterpreter(fx.Interpreter):
+    """An ``fx.Interpreter`` with a shape-only mode.
+
+    With ``meta=True`` the inputs are expected on the meta device: leaf
+    modules and binary ops with a shape formula (:func:`meta_module_output`,
+    :func:`meta_function_output`) return an empty meta tensor without
+    running anything; any other module runs its real forward on meta copies
+    of its own parameters and buffers, and ``get_attr`` tensors come back as
+    meta copies. Nothing in the real model changes.
+
+    Args:
+        gm: The traced module.
+        meta: Shape-only mode.
+    """
+
+    def __init__(self, gm: fx.GraphModule, meta: bool = False):
+        super().__init__(gm)
+        self.meta = meta
+
+    def module_of(self, target: str) -> nn.Module:
+        """The submodule called by a ``call_module`` node."""
+        # ``submodules`` (built by Interpreter) saves fetch_attr's attribute
+        # walk; a module registered under two names is only under its first
+        m = self.submodules.get(target)
+        return self.fetch_attr(target) if m is None else m
+
+    def call_module(self, target, args, kwargs):
+        m = self.module_of(target)
+        if not self.meta:
+            return m(*args, **kwargs)
+        out = meta_module_output(m, args, kwargs)
+        if out is not None:
+            return out
+        # swapping only this module's tensors (not the whole model's up
+        # front) costs nothing for the layers that have a formula
+        state = {k: torch.empty_like(v, device='meta') for k, v in
+                 list(m.named_parameters()) + list(m.named_buffers())}
+        if not state:
+            return m(*args, **kwargs)
+        with _reparametrize_module(m, state):
+            return m(*args, **kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        out = super().get_attr(target, args, kwargs)
+        if self.meta and isinstance(out, torch.Tensor):
+            return torch.empty_like(out, device='meta')
+        return out
+
+    def call_function(self, target, args, kwargs):
+        if self.meta:
+            if target is F.batch_norm and args and \
+                    isinstance(args[0], torch.Tensor):
+                # a norm module traced through (timm's BatchNormAct2d)
+                return args[0]
+            out = meta_function_output(target, args, kwargs)
+            if out is not None:
+                return out
+        return super().call_function(target, args, kwargs)
 
 
 def same_graph_up_to_flags(a: fx.Graph, b: fx.Graph,

@@ -1,25 +1,21 @@
-"""Latency targets: choose widths by measured per-layer latency.
+"""Latency targets: choose widths by measured latency.
 
-:class:`LatencyModel` builds a
-:class:`~mmrazor_ext.estimators.latency_table.LatencyTable` for every conv /
-linear layer of a pruner's graph, with candidate widths at ``1/grid`` steps
-of each layer's width rounded to the pruner's per-space divisor, and
-estimates the latency of a subnet as
+:class:`LatencyModel` tables every conv / linear layer of a pruner's graph
+(:class:`~mmrazor_ext.estimators.latency_table.LatencyTable`, widths at
+``1/grid`` steps rounded to each space's divisor) and estimates a subnet as
+the sum of table lookups plus the rest of the dense model's time (pooling,
+adds, untimed BN / activations: element-wise) scaled by the kept output
+elements. :func:`sample_subnet_for_latency` picks widths on that estimate
+(bisection, or the greedy :meth:`LatencyModel.efficient_subnet`), then by
+default times the exported subnet and corrects the target
+(:class:`LatencyCalibrator`): the table's sum is not the model's latency.
 
-    sum of table lookups at the kept (input, output) widths
-    + rest of the dense model's measured time x kept activation fraction
-
-where the *rest* (pooling, residual adds, BN / activations not timed with
-their layer) is scaled by the kept fraction of the tabled layers' output
-elements, since that work is element-wise. :func:`sample_subnet_for_latency`
-bisects the prune ratio on that estimate, as the MACs target does on MACs.
-
-Target config (``target=dict(mode='latency', ...)``, see
-:func:`check_latency_target`): ``ratio`` (keep this fraction of the dense
-latency) or ``ms`` (milliseconds per batch), ``sampling``
-(``'uniform'`` | ``'global'``), ``batch`` (default 64), ``grid`` (default
-8), ``repeats``, ``cache_dir``, ``num_threads``, ``clock``
-(``'wall'`` | ``'cpu'``), ``tol``.
+Target keys (:func:`check_latency_target`): ``ratio`` (kept fraction of
+the dense latency) or ``ms`` (per batch), ``sampling``
+(:data:`LATENCY_SAMPLINGS`, default ``'efficient'``), ``batch`` (64),
+``grid`` (8), ``repeats``, ``cache_dir``, ``num_threads``, ``clock``,
+``tol``, ``calibrate`` (True), ``calib_iters`` (3), ``calib_repeats`` (5),
+``calib_tol`` (0.03), ``min_keep`` (0.25, ``'efficient'`` only).
 """
 from __future__ import annotations
 
@@ -37,25 +33,42 @@ from mmrazor_ext.estimators.latency_table import (
     DEFAULT_LATENCY_CACHE_DIR,
     TIMED_TYPES,
     LatencyTable,
+    RatioCache,
+    measure_ratio,
+    random_batch,
 )
+from mmrazor_ext.graph import export_pruned
 
-__all__ = ['LATENCY_TABLE_OPTIONS', 'LATENCY_TARGET_KEYS', 'LatencyModel',
-           'check_latency_target', 'latency_model_of', 'sample_subnet_for_latency',
+__all__ = ['CALIBRATION_OPTIONS', 'LATENCY_SAMPLINGS', 'LATENCY_TABLE_OPTIONS',
+           'LATENCY_TARGET_KEYS', 'LatencyCalibrator', 'LatencyModel',
+           'check_calibration_options', 'check_latency_target',
+           'latency_model_of', 'sample_subnet_for_latency',
            'width_candidates']
 
 #: keys of ``target=dict(mode='latency', ...)``
 LATENCY_TARGET_KEYS = ('mode', 'ratio', 'ms', 'sampling', 'batch', 'grid',
-                       'repeats', 'cache_dir', 'num_threads', 'clock', 'tol')
-#: LatencyModel options a latency target may set
+                       'repeats', 'cache_dir', 'num_threads', 'clock', 'tol',
+                       'calibrate', 'calib_iters', 'calib_repeats',
+                       'calib_tol', 'min_keep')
+#: closed-loop calibration options (see :class:`LatencyCalibrator`)
+CALIBRATION_OPTIONS = ('calibrate', 'calib_iters', 'calib_repeats',
+                       'calib_tol')
+#: options a latency target passes on to :func:`sample_subnet_for_latency`
+#: (the table's, the calibration's and ``min_keep``); :func:`latency_model_of`
+#: ignores all but the table's
 LATENCY_TABLE_OPTIONS = ('batch', 'grid', 'repeats', 'cache_dir',
-                         'num_threads', 'clock')
+                         'num_threads', 'clock') + CALIBRATION_OPTIONS + \
+    ('min_keep',)
+#: ``target.sampling`` values of a latency target
+LATENCY_SAMPLINGS = ('efficient', 'uniform', 'global')
 
 
-def _int_field(target: dict, key: str, low: int) -> None:
+def _int_field(target: Mapping, key: str, low: int,
+               prefix: str = 'target.') -> None:
     v = target.get(key)
     if v is not None and (isinstance(v, bool) or not isinstance(v, int)
                           or v < low):
-        raise ValueError(f'target.{key} must be an int >= {low}, got {v!r}')
+        raise ValueError(f'{prefix}{key} must be an int >= {low}, got {v!r}')
 
 
 def check_latency_target(target: Mapping) -> dict:
@@ -87,10 +100,11 @@ def check_latency_target(target: Mapping) -> dict:
                 not ms > 0 or math.isinf(ms):
             raise ValueError(f'target.ms must be a positive number of '
                              f'milliseconds, got {ms!r}')
-    sampling = target.setdefault('sampling', 'global')
-    if sampling not in ('uniform', 'global'):
-        raise ValueError("target.sampling must be 'uniform' or 'global' for "
-                         f"mode='latency', got {sampling!r}")
+    sampling = target.setdefault('sampling', 'efficient')
+    if sampling not in LATENCY_SAMPLINGS:
+        raise ValueError(f'target.sampling must be one of '
+                         f"{list(LATENCY_SAMPLINGS)} for mode='latency', "
+                         f'got {sampling!r}')
     _int_field(target, 'batch', 1)
     _int_field(target, 'grid', 1)
     _int_field(target, 'repeats', 1)
@@ -110,7 +124,28 @@ def check_latency_target(target: Mapping) -> dict:
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise ValueError(f'target.cache_dir must be a folder path or None, '
                          f'got {cache_dir!r}')
+    check_calibration_options(target, 'target.')
     return target
+
+
+def check_calibration_options(options: Mapping, prefix: str = '') -> None:
+    """Check ``calibrate`` / ``calib_iters`` / ``calib_repeats`` /
+    ``calib_tol`` / ``min_keep`` where present.
+
+    Raises:
+        ValueError: Naming the field (with ``prefix``, e.g. ``target.``).
+    """
+    if not isinstance(options.get('calibrate', True), bool):
+        raise ValueError(f'{prefix}calibrate must be True or False, got '
+                         f'{options["calibrate"]!r}')
+    _int_field(options, 'calib_iters', 1, prefix)
+    _int_field(options, 'calib_repeats', 1, prefix)
+    for key in ('calib_tol', 'min_keep'):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or
+                              not isinstance(v, (int, float)) or
+                              not 0 < v < 1):
+            raise ValueError(f'{prefix}{key} must be in (0, 1), got {v!r}')
 
 
 def width_candidates(n: int, divisor: int, grid: int) -> list[int]:
@@ -238,6 +273,124 @@ class LatencyModel:
         return self.table.total(widths) + \
             self.rest_s * act / self._dense_act
 
+    # -- latency-efficient allocation ------------------------------------------
+    def _layer_costs(self):
+        """Per tabled layer: how its kept widths follow the spaces, and its
+        MACs per (kept input x kept output) channel pair."""
+        if getattr(self, '_costs', None) is not None:
+            return self._costs
+        graph, costs = self._graph, {}
+        for name, (rec, cin, cout) in self.records.items():
+            spec = self.table.specs[self.table.layers[name][0]]
+            sides = []
+            for role, n in (('in', cin), ('out', cout)):
+                idx = rec.in_index if role == 'in' else rec.out_index
+                parts = [] if idx is None else \
+                    [(s, units) for s, _, units in graph.channel_map(name,
+                                                                    role)]
+                sides.append((n - sum(int(u.numel()) for _, u in parts),
+                              parts))
+            k = math.prod(spec.kernel_size) if spec.kind == 'conv2d' else 1
+            # MACs per sample of all calls = out elements x K x inputs per
+            # group; a grouped conv keeps its inputs per group
+            macs = self._out_elems[name] / cout * k * (
+                cin / spec.groups if spec.tied else 1.0)
+            costs[name] = (sides, macs, spec.tied)
+        self._costs = costs
+        return costs
+
+    def _layer_value(self, name, kept) -> tuple[float, float]:
+        """``(estimated seconds, MACs)`` of layer ``name`` when the spaces
+        keep ``kept[space]`` (a bool mask)."""
+        sides, macs, tied = self._costs[name]
+        w = [fixed + sum(int(kept[s][u].sum()) for s, u in parts)
+             for fixed, parts in sides]
+        cout = self.records[name][2]
+        sec = self.table.layer_latency(name, w[0], w[1]) + \
+            self.rest_s * self._out_elems[name] * w[1] / cout / \
+            self._dense_act
+        return sec, macs * w[1] * (1.0 if tied else w[0])
+
+    def efficient_subnet(self, sampler, keep: float,
+                         scores: Mapping[str, Any] | None = None,
+                         min_keep: float = 0.25) -> dict[str, torch.Tensor]:
+        """Greedy widths for an estimated latency of ``keep`` x the dense
+        model's that keep the most MACs (the accuracy proxy).
+
+        Starting dense, each step removes channels (lowest scores first)
+        from the space whose cut saves the most estimated latency per MAC
+        lost, until the estimate reaches the target: cuts go where latency
+        falls faster than MACs, which raises speed-up / MACs reduction.
+
+        Args:
+            sampler: The pruner's ``SubnetSampler`` (divisor, minimum).
+            keep: Estimated latency keep ratio.
+            scores: Space scores (which channels of a space go first).
+            min_keep: No space keeps fewer than this fraction of its units.
+        """
+        costs = self._layer_costs()
+        scores = sampler.scores(scores)
+        order = {n: torch.argsort(-s, stable=True) for n, s in scores.items()}
+        count = {n: sp.num_channels for n, sp in sampler.spaces.items()}
+        floor = {n: max(1, sampler.min_channels, math.ceil(min_keep * c))
+                 for n, c in count.items()}
+
+        def mask(n, k):
+            m = torch.zeros(count[n], dtype=torch.bool)
+            m[order[n][:k]] = True
+            return m
+
+        def options(n):
+            """Kept counts to try: the next divisor steps and grid widths
+            (a slow width, e.g. 24 of 32, must not hide a fast 16)."""
+            g, k, c = sampler.granule(n), kept_n[n], count[n]
+            first = (k - 1) // g * g  # the next multiple of g
+            res = {first - g * j for j in range(4)}
+            res |= {int(c * j / grid) // g * g for j in range(grid)
+                    if int(c * j / grid) < k}
+            return sorted((x for x in res if x >= max(floor[n], 1)),
+                          reverse=True)[:6]
+
+        kept_n = dict(count)
+        kept = {n: mask(n, c) for n, c in count.items()}
+        layers_of = {n: set() for n in count}
+        for name, (sides, _, _) in costs.items():
+            for _, parts in sides:
+                for s, _ in parts:
+                    layers_of[s].add(name)
+        value = {name: self._layer_value(name, kept) for name in costs}
+        total = sum(v[0] for v in value.values())
+        target = keep * self.dense_s
+        grid = self.options['grid']
+        cand: dict[str, tuple] = {}
+
+        def evaluate(n):
+            cand.pop(n, None)
+            for k2 in options(n) if layers_of[n] else ():
+                trial = dict(kept)
+                trial[n] = mask(n, k2)
+                new = {name: self._layer_value(name, trial)
+                       for name in layers_of[n]}
+                dsec = sum(value[x][0] - new[x][0] for x in new)
+                dmac = sum(value[x][1] - new[x][1] for x in new)
+                eff = dsec / max(dmac, 1e-9)
+                if n not in cand or eff > cand[n][0]:
+                    cand[n] = (eff, k2, new, trial[n], dsec)
+
+        for n in count:
+            evaluate(n)
+        while total > target and cand:
+            n = max(cand, key=lambda x: cand[x][0])
+            _, k2, new, m, dsec = cand[n]
+            kept_n[n], kept[n] = k2, m
+            value.update(new)
+            total -= dsec
+            dirty = {n} | {s for x in new for _, parts in costs[x][0]
+                           for s, _ in parts}
+            for s in dirty:
+                evaluate(s)
+        return kept
+
 
 # one LatencyModel per pruner (rebuilt when the options change)
 _MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -245,7 +398,10 @@ _MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def latency_model_of(pruner, **options) -> LatencyModel:
     """The pruner's :class:`LatencyModel` with ``options`` (built, or
-    loaded from the cache, on first use)."""
+    loaded from the cache, on first use); calibration options and
+    ``min_keep`` are ignored here."""
+    options = {k: v for k, v in options.items()
+               if k not in CALIBRATION_OPTIONS and k != 'min_keep'}
     lm = _MODELS.get(pruner)
     if lm is None or any(lm.options.get(k) != v for k, v in options.items()
                          if k != 'progress'):
@@ -254,27 +410,106 @@ def latency_model_of(pruner, **options) -> LatencyModel:
     return lm
 
 
+class LatencyCalibrator:
+    """Measures the real latency ratio of exported subnets (cached).
+
+    Layers timed alone miss what they share in the whole model (caches,
+    per-call overhead), so a subnet chosen on the table lands off target.
+    This times the exported subnet against the dense model (the table's
+    clock, threads and batch; in turn, fastest of ``repeats``) and caches
+    the result in ``<table>_calibration.json`` under the table's key and
+    the kept layer widths: a second run measures nothing.
+
+    Args:
+        pruner: The :class:`~mmrazor_ext.pruners.ChannelPruner`.
+        lm: Its :class:`LatencyModel`.
+        repeats: Timed rounds per measurement.
+
+    Attributes:
+        num_measurements: Subnets timed by this object (not from cache).
+    """
+
+    def __init__(self, pruner, lm: LatencyModel, repeats: int = 5):
+        self.pruner, self.lm, self.repeats = pruner, lm, repeats
+        path = lm.table.path
+        self.cache = RatioCache(
+            None if path is None else path[:-len('.json')] +
+            '_calibration.json', lm.table.key)
+        self.num_measurements = 0
+        self._dense = None
+
+    def key(self, subnet: Mapping[str, torch.Tensor]) -> str:
+        """Cache key of ``subnet``: a hash of its kept layer widths."""
+        return RatioCache.digest({n: [int(round(c)) for c in w] for n, w
+                                  in self.lm.widths(subnet).items()})
+
+    def measure(self, subnet: Mapping[str, torch.Tensor]) -> dict:
+        """``{'dense_s', 'pruned_s', 'ratio', 'from_cache'}`` of ``subnet``."""
+        name = self.key(subnet)
+        hit = self.cache.get(name)
+        if hit is not None and hit.get('repeats', 0) >= self.repeats:
+            return dict(hit, from_cache=True)
+        graph, model = self.pruner.graph, self.pruner.model
+        if self._dense is None:  # an unmasked copy (the model may be masked)
+            self._dense = export_pruned(
+                model, graph, torch.ones(graph.num_units + 1,
+                                         dtype=torch.bool))
+        small = export_pruned(model, graph, graph.global_mask(subnet))
+        table = self.lm.table
+        dense_s, pruned_s = measure_ratio(
+            self._dense, small, random_batch(self.pruner.example_inputs,
+                                             table.batch),
+            self.repeats, table.num_threads, table.clock)
+        self.num_measurements += 1
+        entry = {'dense_s': dense_s, 'pruned_s': pruned_s,
+                 'ratio': pruned_s / dense_s, 'repeats': self.repeats}
+        self.cache.put(name, entry)
+        return dict(entry, from_cache=False)
+
+
+def _next_target(hist: list[dict], ratio: float) -> float:
+    """Next table target: secant through the last two (target, measured)
+    points, or a proportional step where they do not rise."""
+    t1, m1 = hist[-1]['table_target'], hist[-1]['measured_ratio']
+    t = t1 * ratio / m1
+    if len(hist) >= 2:
+        t0, m0 = hist[-2]['table_target'], hist[-2]['measured_ratio']
+        if t1 != t0 and (m1 - m0) / (t1 - t0) > 0:
+            t = t1 + (ratio - m1) * (t1 - t0) / (m1 - m0)
+    return min(0.999, max(0.02, t))
+
+
 def sample_subnet_for_latency(pruner, ratio: float | None = None,
                               scores: Mapping[str, Any] | None = None,
                               mode: str = 'uniform', ms: float | None = None,
                               tol: float = 0.01, **options
                               ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Bisect the prune ratio until the estimated latency is ``ratio`` of
-    the dense model's (or ``ms`` milliseconds per batch).
+    """Widths whose latency is ``ratio`` of the dense model's (or ``ms``
+    milliseconds per batch, relative to the table's dense time): chosen on
+    the table's estimate, then, with ``calibrate=True`` (default), by
+    measurement: the subnet for table target ``t`` (first ``ratio``) is
+    exported and timed against the dense model (:class:`LatencyCalibrator`,
+    cached) and ``t`` corrected by a secant on (``t``, measured ratio), up
+    to ``calib_iters`` (3) measurements or until within ``calib_tol``
+    (0.03, relative); the subnet measured closest to the target wins.
 
     Args:
         pruner: The :class:`~mmrazor_ext.pruners.ChannelPruner`.
         ratio: Latency keep ratio in (0, 1).
         scores: Space scores (higher kept first).
-        mode: ``'uniform'`` or ``'global'`` (as the MACs target).
+        mode: ``'uniform'`` / ``'global'`` (bisect the prune ratio on the
+            estimate, as the MACs target), or ``'efficient'``
+            (:meth:`LatencyModel.efficient_subnet`, ``min_keep`` 0.25).
         ms: Target milliseconds per batch instead of ``ratio``.
-        tol: Relative tolerance on the latency keep ratio.
-        **options: :class:`LatencyModel` options (``batch``, ``grid``,
-            ``repeats``, ``cache_dir``, ``num_threads``, ``progress``).
+        tol: Relative tolerance on the estimated latency keep ratio.
+        **options: :class:`LatencyModel` options, ``calibrate``,
+            ``calib_iters``, ``calib_repeats`` (5), ``calib_tol``,
+            ``min_keep``.
 
     Returns:
-        ``(subnet, report)``: the report says what was estimated (dense /
-        estimated ms, ratios, the table file).
+        ``(subnet, report)``: estimated (dense / estimated ms, ratios, the
+        table file) and, when calibrated, measured (``measured_ratio``,
+        ``calibration`` steps) figures.
     """
     target = {'mode': 'latency', 'sampling': mode, 'tol': tol}
     if ratio is not None:
@@ -282,27 +517,84 @@ def sample_subnet_for_latency(pruner, ratio: float | None = None,
     if ms is not None:
         target['ms'] = ms
     check_latency_target(target)
+    check_calibration_options(options)
+    calibrate = options.get('calibrate', True)
+    iters = options.get('calib_iters') or 3
+    ctol = options.get('calib_tol') or 0.03
+    min_keep = options.get('min_keep') or 0.25
     lm = latency_model_of(pruner, **options)
-    err = 0.0
     if ms is not None:
         ratio = ms / 1e3 / lm.dense_s
+
+    def choose(keep):
+        if mode == 'efficient':
+            sub = lm.efficient_subnet(pruner.sampler, keep, scores, min_keep)
+            est = lm.estimate(sub) / lm.dense_s
+            return sub, abs(est / keep - 1)
+        return pruner.sampler.for_macs(keep, scores, lm.estimate,
+                                       lm.dense_s, mode, tol)
+
+    hist: list[dict] = []
     if ratio >= 1:
         print_log(f'latency target {ms} ms: the dense model already runs in '
                   f'{lm.dense_s * 1e3:.2f} ms; nothing pruned',
                   logger='current', level=30)
-        best = pruner.sampler.uniform(0.0, scores)
+        best, err = pruner.sampler.uniform(0.0, scores), 0.0
     else:
-        best, err = pruner.sampler.for_macs(ratio, scores, lm.estimate,
-                                            lm.dense_s, mode, tol)
+        best, err = choose(ratio)
+        if calibrate:
+            best, hist = _calibrate(pruner, lm, ratio, best, choose, iters,
+                                    ctol, options.get('calib_repeats') or 5)
     est = lm.estimate(best)
     report = {
         'target_ratio': ratio, 'target_ms': ms, 'mode': mode,
         'batch': lm.options['batch'], 'dense_ms': lm.dense_s * 1e3,
         'estimated_ms': est * 1e3, 'estimated_ratio': est / lm.dense_s,
         'macs_ratio': pruner.estimate_flops(best) / pruner.original_flops,
-        'table': lm.table.path, 'table_from_cache': lm.table.from_cache}
-    if err > tol:
+        'table': lm.table.path, 'table_from_cache': lm.table.from_cache,
+        'calibrated': bool(hist)}
+    if hist:  # the subnet measured closest to the target won
+        report.update(calibration=hist, measured_ratio=min(
+            (h['measured_ratio'] for h in hist), key=lambda m: abs(m - ratio)))
+    elif err > tol:
         print_log(f'sample_subnet_for_latency: closest estimated latency '
                   f'ratio {est / lm.dense_s:.4f} for target {ratio:.4f}',
                   logger='current', level=30)
     return best, report
+
+
+def _calibrate(pruner, lm, ratio, first, choose, iters, ctol, repeats):
+    """The closed loop: ``(subnet measured closest to ratio, steps)``."""
+    cal = LatencyCalibrator(pruner, lm, repeats)
+    hist, subs, seen, t, sub = [], [], set(), ratio, first
+    for i in range(iters):
+        if i:
+            t_prev, t = t, _next_target(hist, ratio)
+            sub = choose(t)[0]
+            # widths move in divisor steps: a correction that lands on a
+            # subnet measured already moves on by the same step
+            for _ in range(4):
+                if cal.key(sub) not in seen or \
+                        not 0.02 < 2 * t - t_prev < 0.999:
+                    break
+                t, t_prev = 2 * t - t_prev, t
+                sub = choose(t)[0]
+            if cal.key(sub) in seen:
+                break
+        seen.add(cal.key(sub))
+        m = cal.measure(sub)
+        hist.append({'table_target': t,
+                     'estimated_ratio': lm.estimate(sub) / lm.dense_s,
+                     'measured_ratio': m['ratio'],
+                     'macs_ratio': pruner.estimate_flops(sub) /
+                     pruner.original_flops,
+                     'from_cache': m['from_cache']})
+        subs.append(sub)
+        print_log(f'latency calibration {i + 1}/{iters}: table target '
+                  f'{t:.3f} -> measured ratio {m["ratio"]:.3f} (target '
+                  f'{ratio:.3f}{", cached" if m["from_cache"] else ""})',
+                  logger='current')
+        if abs(m['ratio'] / ratio - 1) <= ctol:
+            break
+    errs = [abs(h['measured_ratio'] / ratio - 1) for h in hist]
+    return subs[errs.index(min(errs))], hist

@@ -12,6 +12,12 @@ from .amc_workflow import AMCSearchResult, run_amc, run_amc_search
 from .ddpg import DDPGAgent, DDPGConfig
 from .evaluator import AdaptiveBNEvaluator, bn_state, load_bn_state
 from .greedy import GreedySlimmer, greedy_slim
+from .latency_objective import (
+    LatencyObjective,
+    block_latency_savings,
+    block_removal_subnet,
+    check_latency_config,
+)
 from .optuna_searcher import OptunaSearcher, pareto_front, ratio_grid
 from .space import KeepRatioSpace
 
@@ -22,3 +28,5 @@ __all__ += ['AMCEnv', 'AMCSearchResult', 'DDPGAgent', 'DDPGConfig', 'KMCRecorder
             'LatencyProvider', 'PROTOCOLS', 'check_val_result',
             'compute_reward', 'parse_amc_cfg', 'rebuild_pruned', 'run_amc',
             'run_amc_search', 'save_pruned_checkpoint']
+__all__ += ['LatencyObjective', 'block_latency_savings',
+            'block_removal_subnet', 'check_latency_config']

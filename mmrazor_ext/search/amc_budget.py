@@ -12,11 +12,15 @@ percent on CIFAR ResNets; 2 % is asserted in the tests).
 
 Every MAC count is :meth:`ChannelPruner.estimate_flops` of the subnet (the
 exact MACs of the exported model), so the clamp, the state and the reward
-use one FLOPs model.
+use one FLOPs model. With ``cost=`` the budget counts another cost of the
+exported subnet instead -- the latency table's estimate
+(:meth:`ChannelPruner.estimate_latency`, via
+:class:`~.latency_objective.LatencyObjective`) for a latency budget; the
+clamp is the same, since that estimate also only falls as channels go.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -35,22 +39,39 @@ class MacBudget:
         action_range: ``(min, max)`` keep fraction per decision.
         orders: ``{space: channel order}`` (most important first) used for
             the masks of decisions not yet taken; see :meth:`set_orders`.
+        cost: ``cost(full subnet) -> float`` counted instead of MACs
+            (default: :meth:`ChannelPruner.estimate_flops`).
+        dense_cost: What ``target_density`` is a fraction of (default: the
+            cost of the dense subnet; a latency budget passes the measured
+            dense latency).
+        budget_name: Config field of the budget, for the messages.
     """
 
     def __init__(self, pruner, decisions: Sequence[Decision],
                  target_density: float, action_range: Sequence[float],
-                 orders: Mapping[str, torch.Tensor]):
+                 orders: Mapping[str, torch.Tensor],
+                 cost: Callable[[Mapping], float] | None = None,
+                 dense_cost: float | None = None,
+                 budget_name: str = 'amc_cfg.target_density'):
         self.pruner = pruner
         self.decisions = list(decisions)
         self.action_range = tuple(action_range)
         self.target_density = float(target_density)
         self.dense_macs = int(pruner.original_flops)
-        self.budget = self.target_density * self.dense_macs
+        self.cost = cost if cost is not None else pruner.estimate_flops
+        self.unit = 'MACs' if cost is None else 'estimated latency'
+        self.budget_name = budget_name
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
         # spaces without a mask are kept whole (never the pruner's current
         # out_mask, which the end of an episode sets)
         self._dense = {name: torch.ones(sp.num_channels, dtype=torch.bool)
                        for name, sp in pruner.graph.spaces.items()}
+        #: cost of the dense subnet (the dense MACs without ``cost``)
+        self.dense_estimate = float(self.dense_macs) if cost is None \
+            else float(self.cost(self._dense))
+        self.dense_cost = self.dense_estimate if dense_cost is None \
+            else float(dense_cost)
+        self.budget = self.target_density * self.dense_cost
         self.set_orders(orders)
 
     def set_orders(self, orders: Mapping[str, torch.Tensor]) -> None:
@@ -63,13 +84,14 @@ class MacBudget:
         """``masks`` completed with all-kept masks for the other spaces."""
         return {**self._dense, **masks}
 
-    def stakes(self) -> dict[str, int]:
-        """MACs that pruning each decision's whole space would remove."""
+    def stakes(self) -> dict[str, float]:
+        """Cost (MACs) that pruning each decision's whole space would
+        remove."""
         res = {}
         for d in self.decisions:
             empty = torch.zeros(d.num_channels, dtype=torch.bool)
-            res[d.space] = self.dense_macs - int(
-                self.pruner.estimate_flops(self.full({d.space: empty})))
+            res[d.space] = self.dense_estimate - self.macs(
+                {d.space: empty})
         return res
 
     def top(self, space: str, k: int, order=None) -> torch.Tensor:
@@ -85,8 +107,9 @@ class MacBudget:
         return m
 
     def macs(self, masks: Mapping[str, torch.Tensor]) -> float:
-        """MACs of the exported model for ``{space: keep mask}``."""
-        return float(self.pruner.estimate_flops(self.full(masks)))
+        """MACs (or ``cost``) of the exported model for ``{space: keep
+        mask}``."""
+        return float(self.cost(self.full(masks)))
 
     def macs_counts(self, counts: Mapping[str, int],
                     masks: Mapping[str, torch.Tensor] | None = None) -> float:
@@ -120,20 +143,21 @@ class MacBudget:
         if mode == 'none':
             return
         m_lo, m_hi = self.reachable(0, {})
+        name, unit = self.budget_name, self.unit
         if m_lo > self.budget * 1.02:
             raise ValueError(
-                f'amc_cfg.target_density={self.target_density} is not '
+                f'{name}={self.target_density:.4g} is not '
                 f'reachable: pruning every listed layer to action_range min '
-                f'({self.action_range[0]}) keeps {m_lo / self.dense_macs:.3f} '
-                f'of the MACs; list more layers in {where} or lower '
+                f'({self.action_range[0]}) keeps {m_lo / self.dense_cost:.3f} '
+                f'of the {unit}; list more layers in {where} or lower '
                 'action_range[0]')
         if mode == 'both' and m_hi < self.budget * 0.98:
             raise ValueError(
-                f'amc_cfg.target_density={self.target_density} is not '
+                f'{name}={self.target_density:.4g} is not '
                 f'reachable: keeping action_range max ({self.action_range[1]})'
                 f' of every listed layer leaves only '
-                f'{m_hi / self.dense_macs:.3f} of the MACs; raise '
-                'action_range[1] or target_density')
+                f'{m_hi / self.dense_cost:.3f} of the {unit}; raise '
+                f'action_range[1] or {name}')
 
     def clamp(self, t: int, masks: Mapping[str, torch.Tensor], order,
               k: int, mode: str) -> int:

@@ -21,6 +21,13 @@ recalibration) and ``val_fn``, exporting the sliced model (equivalence
 checked, so no episode yields a broken model) and computing the reward.
 The model's weights and BN statistics are restored at the next
 :meth:`AMCEnv.reset` and by :meth:`AMCEnv.close`.
+
+With ``latency_budget`` (a :class:`~.latency_objective.LatencyObjective`
+with a budget) the budget, the clamp, the state's cost entries and the
+reward's cost term use the latency table's estimate of the subnet instead
+of its MACs -- no model is run for it. The reward formulas get the
+estimate in MAC units (``latency / dense latency * M0``), so every
+protocol keeps its meaning with ``B = ratio * M0``.
 """
 from __future__ import annotations
 
@@ -115,6 +122,9 @@ class AMCEnv:
             ``'output'`` (its filters, with residual groups listed whole);
             default: ``layers.channels`` of a
             :class:`~.amc_decisions.NetworkList`, else ``'input'``.
+        latency_budget: A :class:`~.latency_objective.LatencyObjective` on
+            ``pruner`` with a budget: it replaces ``target_density`` (the
+            MAC budget) by the latency table's estimate.
     """
 
     def __init__(self, pruner, val_fn: Callable[[nn.Module], Mapping],
@@ -128,7 +138,8 @@ class AMCEnv:
                  latency_fn: Callable | None = None,
                  latency_weight: float = 0.0, seed: int = 0,
                  max_fm_points: int | None = None, where: str = 'network',
-                 network_channels: str | None = None):
+                 network_channels: str | None = None,
+                 latency_budget=None):
         if pruning_method not in PRUNING_METHODS:
             raise ValueError(f'amc_cfg.pruning_method: unknown method '
                              f'{pruning_method!r}; choose one of '
@@ -137,6 +148,18 @@ class AMCEnv:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f'amc_cfg.action_range: need 0 < min <= max <= '
                              f'1, got {list(action_range)}')
+        self.latency_budget = latency_budget
+        budget_kw = {}
+        if latency_budget is not None:
+            target_density = latency_budget.budget_ratio
+            if not 0 < target_density < 1:
+                raise ValueError(
+                    f'{latency_budget.where}: the latency budget is '
+                    f'{target_density:.3f} of the dense latency; it must be '
+                    'below 1 (the dense model already meets it)')
+            budget_kw = dict(cost=latency_budget.estimate,
+                             dense_cost=latency_budget.dense_s,
+                             budget_name=f'{latency_budget.where}.ratio')
         if not 0 < target_density < 1:
             raise ValueError(f'amc_cfg.target_density: must be in (0, 1), '
                              f'got {target_density}')
@@ -170,7 +193,7 @@ class AMCEnv:
                                       n_points_per_fm, seed, max_fm_points)
         self.budget_model = MacBudget(pruner, self.decisions,
                                       self.target_density, self.action_range,
-                                      self.chooser.orders)
+                                      self.chooser.orders, **budget_kw)
         self.budget = self.budget_model.budget
         stakes = self.budget_model.stakes()
         for d in self.decisions:
@@ -207,11 +230,12 @@ class AMCEnv:
 
     # -- MACs ------------------------------------------------------------------------
     def macs(self, masks: Mapping[str, torch.Tensor]) -> float:
-        """MACs of the exported model for ``{space: keep mask}``."""
+        """MACs (with ``latency_budget``: estimated seconds) of the
+        exported model for ``{space: keep mask}``."""
         return self.budget_model.macs(masks)
 
     def reachable_macs(self) -> tuple[float, float]:
-        """(min, max) MACs the current episode can still end at: the
+        """(min, max) MACs (or seconds) the current episode can end at: the
         decisions taken so far, every later one at ``action_range`` min /
         max."""
         return self.budget_model.reachable(self._t, self._masks)
@@ -235,15 +259,15 @@ class AMCEnv:
         self._t = 0
         self._masks = {}
         self._actions = []
-        self._committed = float(self.dense_macs)
+        self._committed = self.budget_model.dense_estimate
         return self._state(0)
 
     def _state(self, t: int) -> np.ndarray:
         t = min(t, len(self.decisions) - 1)
         rest = sum(d.stake for d in self.decisions[t + 1:])
         prev = self._actions[-1] if self._actions else 1.0
-        dyn = [(self.dense_macs - self._committed) / self.dense_macs,
-               rest / self.dense_macs, prev]
+        dense = self.budget_model.dense_estimate  # MACs or estimated s
+        dyn = [(dense - self._committed) / dense, rest / dense, prev]
         return np.concatenate([self._static[t],
                                np.asarray(dyn, np.float32)])
 
@@ -296,12 +320,18 @@ class AMCEnv:
         latency = op_num = None
         if self.latency_fn is not None:
             latency, op_num = self.latency_fn(small)
+        cost, extra = macs, {}
+        if self.latency_budget is not None:
+            est = self.budget_model.macs(subnet)
+            ratio = est / self.budget_model.dense_cost
+            cost = ratio * self.dense_macs  # the latency in MAC units
+            extra = dict(estimated_latency_ms=est * 1e3, latency_ratio=ratio)
         reward = compute_reward(
-            self.protocol, res['ind1'], macs, self.dense_macs,
+            self.protocol, res['ind1'], cost, self.dense_macs,
             self.target_density, latency, self.dense_latency,
             self.latency_weight)
-        return dict(
-            res, episode=self.episode, reward=reward, total_macs=int(macs),
+        return dict(extra,
+            **res, episode=self.episode, reward=reward, total_macs=int(macs),
             normalized_macs=100.0 * macs / self.dense_macs,
             normalized_nnz=100.0 * params / self.dense_params,
             params=params, infer_time=latency, op_num=op_num,

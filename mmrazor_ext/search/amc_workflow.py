@@ -127,7 +127,8 @@ def run_amc(pruner, amc: Mapping[str, Any],
             on_best: Callable[[int, dict], None] | None = None,
             summary_file: str = 'amc-summary.json',
             summary_extra: Mapping[str, Any] | None = None,
-            t_start: float | None = None) -> AMCSearchResult:
+            t_start: float | None = None,
+            latency_budget=None) -> AMCSearchResult:
     """Run one AMC search on ``pruner.model`` and record its results.
 
     Args:
@@ -153,6 +154,9 @@ def run_amc(pruner, amc: Mapping[str, Any],
         summary_extra: Extra summary entries.
         t_start: ``time.perf_counter()`` of the caller's start (default:
             now) for ``seconds`` and ``episodes_per_minute``.
+        latency_budget: A :class:`~.latency_objective.LatencyObjective`
+            with a budget: the episodes are clamped to the latency table's
+            estimate instead of ``target_density`` (see :class:`AMCEnv`).
 
     Returns:
         :class:`AMCSearchResult`: the summary (dense metrics, best episode,
@@ -166,13 +170,15 @@ def run_amc(pruner, amc: Mapping[str, Any],
         n_points_per_fm=amc['n_points_per_fm'],
         group_size=amc['group_size'], protocol=amc['protocol'],
         feature_fn=feature_fn, calib_fn=calib_fn, latency_fn=latency_fn,
-        latency_weight=amc['latency_weight'], seed=seed, where=where)
+        latency_weight=amc['latency_weight'], seed=seed, where=where,
+        latency_budget=latency_budget)
     try:
         dense = env.evaluate_dense()
         print_log(f"dense model: ind1 {dense['ind1']:.2f}, ind2 "
                   f"{dense['ind2']:.2f}, {env.dense_macs / 1e6:.2f} M "
                   f'MACs; {len(env.decisions)} decisions, target '
-                  f"density {amc['target_density']}", logger='current')
+                  f'{"latency" if latency_budget else "density"} '
+                  f'{env.target_density:.4g}', logger='current')
         agent = DDPGAgent(env.state_dim, amc['ddpg_cfg'],
                           amc['action_range'])
 
@@ -207,8 +213,14 @@ def run_amc(pruner, amc: Mapping[str, Any],
         if best else None,
         'protocol': amc['protocol'],
         'pruning_method': amc['pruning_method'],
-        'target_density': amc['target_density'],
+        # the latency budget's keep ratio when there is one
+        'target_density': env.target_density,
     }
+    if latency_budget is not None:
+        # the budget; the best episode's estimate is in summary['best']
+        summary['latency_budget'] = {
+            k: v for k, v in latency_budget.summary({}).items()
+            if not k.startswith('estimated')}
     summary.update(summary_extra or {})
     atomic_write_json(osp.join(output_dir, summary_file), summary, indent=2,
                       default=str)

@@ -22,10 +22,14 @@ The study lives in an Optuna storage (default SQLite in the work dir):
   without evaluation and its worker stops.
 
 Objectives: ``top1`` (maximised), ``flops`` / ``params`` / ``latency_ms``
-(minimised). With one objective, ``max_flops_ratio`` makes it a constrained
-search; with two or more, NSGA-II finds the Pareto front. Candidates that
-violate the FLOPs constraint are not evaluated (their FLOPs are known
-exactly without data) and are marked infeasible for the sampler.
+(measured) / ``latency`` (estimated from the latency table, ms; minimised).
+With one objective, ``max_flops_ratio`` makes it a constrained search; with
+two or more, NSGA-II finds the Pareto front. Candidates that violate the
+FLOPs constraint, or an extra constraint such as the latency table's
+budget (``optimize(constraints=...)``), are not evaluated (both are known
+without data) and are marked infeasible for the sampler. What those extra
+constraints were computed from is kept in the study (:meth:`bind_meta`), so
+a resumed search scores new trials exactly as the earlier ones.
 """
 from __future__ import annotations
 
@@ -47,7 +51,11 @@ __all__ = ['OptunaSearcher', 'ratio_grid', 'pareto_front', 'reap_orphans',
            'check_n_trials']
 
 _DIRECTIONS = {'top1': 'maximize', 'flops': 'minimize',
-               'params': 'minimize', 'latency_ms': 'minimize'}
+               'params': 'minimize', 'latency_ms': 'minimize',
+               'latency': 'minimize'}
+#: per-trial values kept in the study and reused for repeated candidates
+_RESULT_KEYS = ('top1', 'flops', 'params', 'latency_ms', 'latency',
+                'latency_ratio')
 _SAMPLERS = ('nsga2', 'tpe', 'random')
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -326,6 +334,28 @@ class OptunaSearcher:
                     f'created with another {k} ({attrs["meta"].get(k)!r:.80}'
                     f'); use a new study_name or storage')
 
+    def bind_meta(self, key: str, value: Any) -> None:
+        """Keep ``value`` (JSON-friendly, e.g. the latency budget and the
+        table's fingerprint) in the study under ``key``.
+
+        A new study takes it; one with trials or with another value (e.g.
+        a worker that measured its own table) must match (None: off).
+
+        Raises:
+            ValueError: The study was searched with another value.
+        """
+        attr = f'meta_{key}'
+        stored = self.study.user_attrs.get(attr)
+        if stored == value:
+            return
+        if stored is not None or self.study.get_trials(deepcopy=False):
+            raise ValueError(
+                f'study {self.study_name!r} in {self.storage_url} was '
+                f'searched with another {key} ({stored!r:.200}, now '
+                f'{value!r:.200}); use the same settings (and the same '
+                'latency table cache) or a new study_name')
+        self.study.set_user_attr(attr, value)
+
     # -- helpers ---------------------------------------------------------------------
     def violation(self, flops_ratio: float) -> float:
         """Positive when ``flops_ratio`` is outside the allowed range."""
@@ -366,7 +396,10 @@ class OptunaSearcher:
     def optimize(self, evaluate: Callable[[dict[str, float]], dict],
                  flops_ratio: Callable[[dict[str, float]], float],
                  n_trials: int, progress: bool = True,
-                 timeout: float | None = None) -> optuna.Study:
+                 timeout: float | None = None,
+                 constraints: Mapping[str, Callable[[dict[str, float]],
+                                                    float]] | None = None
+                 ) -> optuna.Study:
         """Run until the study holds ``n_trials`` completed trials.
 
         Args:
@@ -376,10 +409,14 @@ class OptunaSearcher:
             n_trials: Completed trials wanted in the whole study.
             progress: Show a tqdm bar with the best feasible top-1.
             timeout: Stop this process after so many seconds.
+            constraints: ``{name: fn}``, ``fn(keep ratios)`` > 0 when the
+                candidate is infeasible (e.g. estimated latency ratio minus
+                its budget); checked before evaluating, like the FLOPs.
 
         Returns:
             The study.
         """
+        constraints = dict(constraints or {})
         check_n_trials(n_trials)
         self.reap_orphans()
         done = len(self.completed())
@@ -405,19 +442,21 @@ class OptunaSearcher:
                       for s in self.spaces}
             key = self._key(params)
             fr = float(flops_ratio(params))
-            v = self.violation(fr)
+            vals = [self.violation(fr)]
             # feasible when <= 0 (read by NSGA-II and TPE)
-            trial.set_constraint('flops_ratio', v)
-            trial.set_user_attr('constraint', [v])
+            trial.set_constraint('flops_ratio', vals[0])
+            for name, fn in constraints.items():
+                vals.append(float(fn(params)))
+                trial.set_constraint(name, vals[-1])
+            trial.set_user_attr('constraint', vals)
             trial.set_user_attr('flops_ratio', fr)
-            if v > 0:
+            if max(vals) > 0:
                 trial.set_user_attr('evaluated', False)
                 # Never evaluated: the worst value per objective, so that
                 # unconstrained samplers (random) also rank it last.
                 return tuple(self._worst(o, fr) for o in self.objectives)
             if key in cache and cache[key].number != trial.number:
-                res = {k: cache[key].user_attrs[k] for k in
-                       ('top1', 'flops', 'params', 'latency_ms')
+                res = {k: cache[key].user_attrs[k] for k in _RESULT_KEYS
                        if k in cache[key].user_attrs}
                 trial.set_user_attr('cached_from', cache[key].number)
                 self.cache_hits += 1
@@ -548,12 +587,11 @@ class OptunaSearcher:
         res = []
         for t in self.completed():
             a = t.user_attrs
-            if not a.get('evaluated') or a.get('constraint', [0])[0] > 0:
+            if not a.get('evaluated') or max(a.get('constraint', [0])) > 0:
                 continue
             rec = {'trial': t.number, 'ratios': dict(t.params),
                    'seed': bool(a.get('seed', False))}
-            for k in ('top1', 'flops', 'params', 'flops_ratio',
-                      'latency_ms'):
+            for k in ('flops_ratio', *_RESULT_KEYS):
                 if k in a:
                     rec[k] = a[k]
             res.append(rec)

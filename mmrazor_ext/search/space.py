@@ -64,11 +64,17 @@ class KeepRatioSpace:
             threshold; old name ``global_ratios``), ``flops_ratios`` (global
             threshold bisected to these FLOPs fractions), ``uniform`` (every
             grid value in every space).
+        latency: A :class:`~.latency_objective.LatencyObjective` on
+            ``pruner`` (the latency table as objective / constraint); with
+            a budget, the subnet bisected to it on the table
+            (``sample_subnet_for_latency``) is one more seed.
     """
 
     def __init__(self, pruner, scores: Mapping[str, torch.Tensor],
-                 grid: Sequence[float], seeds: Mapping | None = None):
+                 grid: Sequence[float], seeds: Mapping | None = None,
+                 latency=None):
         self.pruner = pruner
+        self.latency = latency
         self.scores = dict(scores)
         self.grid = list(grid)
         given = dict(seeds or {})
@@ -103,6 +109,13 @@ class KeepRatioSpace:
         return self.pruner.estimate_flops(self.subnet_from_ratios(keep)) / \
             self.pruner.original_flops
 
+    def latency_ratio(self, keep: Mapping[str, float]) -> float:
+        """Latency-table estimate of the candidate as a fraction of the
+        dense latency (no data, no timing)."""
+        if self.latency is None:
+            raise RuntimeError('KeepRatioSpace: no latency objective')
+        return self.latency.ratio(self.subnet_from_ratios(keep))
+
     def seed_candidates(self) -> list[dict[str, float]]:
         """Keep-ratio dicts of the metric-guided seeds (not snapped)."""
         p = self.pruner
@@ -111,6 +124,15 @@ class KeepRatioSpace:
         subnets += [p.sample_subnet_for_flops(fr, self.scores, mode='global',
                                               verify=False)
                     for fr in self.seeds['flops_ratios']]
+        lat = self.latency
+        if lat is not None and lat.has_budget and lat.budget_ratio < 1:
+            # on the table, as the constraint (no measured calibration)
+            extra = {k: lat.cfg[k] for k in ('min_keep',) if k in lat.cfg}
+            subnets.append(p.sample_subnet_for_latency(
+                lat.budget_ratio, self.scores,
+                mode=lat.cfg.get('sampling', 'global'),
+                tol=lat.cfg.get('tol', 0.01), calibrate=False,
+                progress=lat.progress, **lat.options, **extra))
         res = [{n: float(m.float().mean()) for n, m in s.items()}
                for s in subnets]
         if self.seeds['uniform']:

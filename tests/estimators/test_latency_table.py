@@ -134,3 +134,38 @@ def test_cpu_clock_needs_one_thread(tmp_path):
         _table(tmp_path, num_threads=2, clock='cpu')
     t = _table(tmp_path, num_threads=1, clock='cpu').build()
     assert t.key['clock'] == 'cpu' and t.model_s > 0
+
+
+def test_measure_ratio_times_both_in_turn():
+    from mmrazor_ext.estimators.latency_table import measure_ratio
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1),
+                        nn.Conv2d(64, 64, 3, padding=1)).train()
+    small = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)).eval()
+    x = (torch.randn(2, 8, 16, 16),)
+    dense_s, small_s = measure_ratio(big, small, x, repeats=3,
+                                     num_threads=1, clock='cpu')
+    # ~70x fewer MACs: faster whatever the load
+    assert 0 < small_s < dense_s
+    assert big.training and not small.training  # modes restored
+    with pytest.raises(ValueError, match='repeats'):
+        measure_ratio(big, small, x, repeats=0)
+    with pytest.raises(ValueError, match='clock'):
+        measure_ratio(big, small, x, num_threads=2, clock='cpu')
+
+
+def test_ratio_cache_round_trip_and_foreign_key(tmp_path):
+    from mmrazor_ext.estimators.latency_table import RatioCache
+    path = str(tmp_path / 'sub' / 'cal.json')
+    c = RatioCache(path, {'table': 'a'})
+    name = RatioCache.digest({'conv': [3, 8]})
+    assert c.get(name) is None
+    c.put(name, {'ratio': 0.5})
+    assert RatioCache(path, {'table': 'a'}).get(name) == {'ratio': 0.5}
+    # another table's measurements are not reused
+    assert RatioCache(path, {'table': 'b'}).get(name) is None
+    with open(path, 'w') as f:
+        f.write('{"key": {"ta')  # a killed writer
+    assert RatioCache(path, {'table': 'a'}).get(name) is None
+    assert RatioCache.digest({'b': 1, 'a': 2}) == \
+        RatioCache.digest({'a': 2, 'b': 1})

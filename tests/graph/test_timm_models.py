@@ -100,3 +100,73 @@ def test_timm_norm_layers_with_activation():
     assert isinstance(small.n1.act, torch.nn.Hardswish)
     assert small.n2.normalized_shape == (8,)
     assert small.n3.num_channels == 8 and small.n3.num_groups == 1
+
+
+# families fixed for issue 16 (timm ops without rules, pinned families,
+# size-dependent control flow): (name, input size, constructor kwargs)
+MORE_CASES = [('resmlp_12_224', 32, {'img_size': 32}),
+              ('edgenext_xx_small', 64, {'depths': (1, 1, 2, 1)}),
+              ('levit_128s', 64, {'img_size': 64}),
+              ('poolformerv2_s12', 32, {}),
+              ('hgnetv2_b0', 32, {}),
+              ('mobilevit_xxs', 64, {}),
+              ('vgg11', 32, {'mlp_ratio': 0.0625})]
+
+
+def _perturb(model, seed=0):
+    """Every parameter moved off its init (zero heads, unit layer scales
+    and affines would hide a wrongly sliced tensor from the comparison)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,size,kwargs', MORE_CASES,
+                         ids=[c[0] for c in MORE_CASES])
+def test_more_timm_families_prune_and_export(name, size, kwargs):
+    from mmrazor_ext.graph import traceable_view
+    from mmrazor_ext.graph.timm_rules import register_timm_rules
+
+    # VGG / MobileViT are traced through their views (graph/timm_views),
+    # registered with timm's rules; make sure that happened before the
+    # pruner looks the view up
+    register_timm_rules()
+    torch.manual_seed(0)
+    model = _perturb(randomise(timm.create_model(
+        name, pretrained=False, num_classes=10, **kwargs)))
+    x = torch.randn(1, 3, size, size)
+    pruner = ChannelPruner(model, x)
+    assert pruner.channel_spaces, pruner.report(log=False)
+    pruner.set_subnet(pruner.sample_subnet_uniform(
+        0.5, pruner.get_metric_local('l1')))
+    small = pruner.export()  # raises ExportError unless exported == masked
+    assert pruner.last_export_report['ok']
+    assert type(small) is type(model)
+    with torch.no_grad():
+        assert small(x).shape == (1, 10)
+    ratio = get_model_complexity(traceable_view(small), x)['flops'] / \
+        get_model_complexity(traceable_view(model), x)['flops']
+    assert ratio <= 0.75, (name, ratio)
+
+
+@pytest.mark.slow
+def test_levit_attention_heads_are_kept_whole():
+    """LeViT: ``LinearNorm``'s ``reshape_as`` follows pruning (its MLP and
+    residual stream are pruned), the qkv split into heads pins qkv."""
+    torch.manual_seed(0)
+    model = timm.create_model('levit_128s', pretrained=False, num_classes=10,
+                              img_size=64).eval()
+    pruner = ChannelPruner(model, torch.randn(1, 3, 64, 64))
+    members = {layer for sp in pruner.channel_spaces.values()
+               for layer, role in sp.members if role == 'out'}
+    assert 'stages.0.blocks.0.mlp.ln1.linear' in members
+    assert 'stages.0.blocks.0.attn.proj.ln.linear' in members
+    assert not any('attn.qkv' in m for m in members)
+    pruner.set_subnet(pruner.sample_subnet_uniform(
+        0.5, pruner.get_metric_local('l1')))
+    attn = pruner.export().stages[0].blocks[0].attn
+    assert attn.qkv.linear.out_features == model.stages[0].blocks[0].attn \
+        .qkv.linear.out_features

@@ -30,3 +30,17 @@ def test_vs_torch_pruning_rows_and_json(tmp_path, capsys):
     assert 'resnet20' in text and 'median ours/TP over 1 models' in text
     assert not [p for p in tmp_path.iterdir() if '.tmp' in p.name]
 
+
+
+def test_vs_torch_pruning_cpu_clock(tmp_path):
+    """``--clock cpu`` times process CPU time (a loaded machine) and says
+    so in every row."""
+    tool = load_tool('tools/benchmark/pruning_speed.py')
+    out = tmp_path / 'build.json'
+    assert tool.main(['--vs-torch-pruning', '--models', 'resnet20',
+                      '--rounds', '2', '--threads', '1', '--clock', 'cpu',
+                      '--out', str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]['clock'] == 'cpu'
+    assert len(rows[0]['times_s']['ours']) == 2
+    assert all(t > 0 for t in rows[0]['times_s']['ours'])

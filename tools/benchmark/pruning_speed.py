@@ -10,8 +10,10 @@ FLOPs reduction* (1.0 = the FLOPs saving fully turns into speed).
 ``--divisors 1 8 auto`` and ``--latency-target 0.5`` instead compare
 several pruned variants of each model against the dense one in one
 interleaved run (:func:`bench_variants`): one per divisor at the FLOPs
-target, and one per latency target (widths chosen from the measured
-per-layer latency table, :mod:`mmrazor_ext.pruners.latency_target`).
+target, and one per latency target and ``--latency-sampling`` (widths
+chosen from the measured per-layer latency table, then corrected by timing
+the exported subnet unless ``--no-calibrate``,
+:mod:`mmrazor_ext.pruners.latency_target`).
 
 Example::
 
@@ -123,9 +125,10 @@ def bench_variants(name: str, args) -> list[dict]:
     x1 = torch.randn(1, 3, size, size)
     macs0 = get_model_complexity(model, x1)['flops']
     models, rows = {'dense': model}, {}
-    plans = [('divisor', d) for d in args.divisors or ()] + \
-        [('latency', r) for r in args.latency_target or ()]
-    for kind, value in plans:
+    plans = [('divisor', d, None) for d in args.divisors or ()] + \
+        [('latency', r, m) for r in args.latency_target or ()
+         for m in args.latency_sampling]
+    for kind, value, sampling in plans:
         div = value if kind == 'divisor' else args.divisor
         pruner = ChannelPruner(model, x1, divisor=div)
         scores = pruner.get_metric_local('l1')
@@ -136,17 +139,21 @@ def bench_variants(name: str, args) -> list[dict]:
             subnet = pruner.sample_subnet_for_flops(
                 args.flops_ratio, scores, mode=args.mode, verify=False)
         else:
-            label = f'latency={value}'
+            label = f'latency={value}' + (
+                f'/{sampling}' if len(args.latency_sampling) > 1 else '')
             t0 = time.perf_counter()
             subnet = pruner.sample_subnet_for_latency(
-                value, scores, mode=args.mode, batch=args.batch,
+                value, scores, mode=sampling, batch=args.batch,
                 grid=args.latency_grid, num_threads=args.threads,
-                cache_dir=args.latency_cache_dir, clock=args.clock)
+                cache_dir=args.latency_cache_dir, clock=args.clock,
+                calibrate=not args.no_calibrate)
             rep = pruner.last_latency_report
             row.update(latency_target=value, target_speedup=1 / value,
-                       table_s=time.perf_counter() - t0,
+                       sampling=sampling, table_s=time.perf_counter() - t0,
                        table_from_cache=rep['table_from_cache'],
-                       estimated_ratio=rep['estimated_ratio'])
+                       estimated_ratio=rep['estimated_ratio'],
+                       calibration=rep.get('calibration'),
+                       calibrated_ratio=rep.get('measured_ratio'))
         pruner.set_subnet(subnet)
         models[label] = pruner.export(fuse_bn=args.fuse_bn)
         pruner.clear_subnet()
@@ -171,15 +178,19 @@ def print_variants(rows: list[dict], args) -> None:
           f"{args.threads or torch.get_num_threads()} threads, "
           f"{args.clock} clock): dense "
           f"{r0['latency_s'] * 1e3:.1f} ms")
-    print(f"  {'variant':<16}{'MACs red.':>10}{'speed-up':>10}"
-          f"{'speed-up/MACs':>15}{'target':>8}{'vs target':>11}")
+    print(f"  {'variant':<24}{'MACs red.':>10}{'speed-up':>10}"
+          f"{'speed-up/MACs':>15}{'target':>8}{'vs target':>11}"
+          f"{'calib.':>8}")
     for r in rows:
         tgt = f"{r['target_speedup']:.2f}x" if 'target_speedup' in r else ''
         vs = f"{r['speedup_vs_target']:.2f}" if 'target_speedup' in r \
             else ''
-        print(f"  {r['variant']:<16}{r['flops_reduction']:>9.2f}x"
+        # the closed loop's own (fastest-run) speed-up, when it ran
+        cal = f"{1 / r['calibrated_ratio']:.2f}x" \
+            if r.get('calibrated_ratio') else ''
+        print(f"  {r['variant']:<24}{r['flops_reduction']:>9.2f}x"
               f"{r['speedup']:>9.2f}x{r['speedup_per_flops']:>15.2f}"
-              f"{tgt:>8}{vs:>11}", flush=True)
+              f"{tgt:>8}{vs:>11}{cal:>8}", flush=True)
     print()
 
 
@@ -199,7 +210,9 @@ def vs_torch_pruning(name: str, args) -> dict:
     all groups, ``get_all_groups``, it does to count channels); and
     ``DependencyGraph().build_dependency(model, example_inputs=x)`` alone.
     One untimed warm-up round, then ``--rounds`` rounds; medians reported.
-    Neither build changes the model.
+    ``--clock cpu`` times process CPU time (with ``--threads 1``: what the
+    builds cost, whatever else runs on the machine). Neither build changes
+    the model.
     """
     import torch_pruning as tp
 
@@ -222,20 +235,21 @@ def vs_torch_pruning(name: str, args) -> dict:
 
     calls = {'ours': ours, 'tp_pruner': tp_pruner, 'tp_graph': tp_graph}
     times = {k: [] for k in calls}
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     old_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or 2)
     try:
         for r in range(args.rounds + 1):  # round 0: warm-up
             for k, fn in calls.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
                 if r:
-                    times[k].append(time.perf_counter() - t0)
+                    times[k].append(clock() - t0)
     finally:
         torch.set_num_threads(old_threads)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {'model': name, 'input': size, 'rounds': args.rounds,
-            'threads': args.threads or 2,
+            'threads': args.threads or 2, 'clock': args.clock,
             'ours_s': med['ours'], 'tp_pruner_s': med['tp_pruner'],
             'tp_graph_s': med['tp_graph'],
             'ratio': med['ours'] / med['tp_pruner'],
@@ -292,11 +306,19 @@ def main(argv=None) -> int:
                    metavar='RATIO', help='also prune to these latency keep '
                    'ratios (0.5 = 2x faster), from a per-layer latency '
                    'table at --batch')
+    p.add_argument('--latency-sampling', nargs='+', default=['efficient'],
+                   choices=['efficient', 'uniform', 'global'],
+                   help='how --latency-target chooses widths (several: one '
+                   'variant each)')
+    p.add_argument('--no-calibrate', action='store_true',
+                   help='--latency-target: widths from the table alone, '
+                   'without timing the exported subnet (closed loop)')
     p.add_argument('--latency-grid', type=int, default=8,
                    help='latency table widths per layer side (1/N steps)')
     p.add_argument('--latency-cache-dir', default='work_dirs/latency_tables')
     p.add_argument('--clock', default='wall', choices=['wall', 'cpu'],
-                   help="with --divisors / --latency-target: 'cpu' times "
+                   help="with --divisors / --latency-target / "
+                   "--vs-torch-pruning: 'cpu' times "
                    'process CPU time (needs --threads 1), unaffected by '
                    'other jobs on a shared machine')
     p.add_argument('--batch', type=int, default=64)

@@ -55,7 +55,10 @@ class HybridSearchLoop(SearchLoop):
         dataloader: Training dataloader (config dict or loader).
         n_trials: Completed trials wanted in the study (resumes count).
         objectives: ``('top1', 'flops')`` (Pareto, NSGA-II) or ``('top1',)``
-            with ``max_flops_ratio`` (constrained).
+            with ``max_flops_ratio`` (constrained); ``'latency'`` (the
+            latency table's estimate in ms; table options from
+            ``model.constraint`` or ``model.latency_table``) may replace or
+            join ``'flops'``.
         sampler: ``dict(type='nsga2', population_size=20, seed=0)``.
         storage: Optuna storage URL; default ``sqlite:///<work_dir>/search.db``.
         study_name: Study name (default: the config's file name).
