@@ -6,23 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.models import randomise
-from mmrazor_ext.estimators import get_model_complexity
-from mmrazor_ext.pruners import ChannelPruner
+from helpers.models import prune_half, randomise
 
 timm = pytest.importorskip('timm')
-
-
-def _prune_half(model, x):
-    pruner = ChannelPruner(model, x)
-    assert pruner.channel_spaces, pruner.report(log=False)
-    pruner.set_subnet(pruner.sample_subnet_uniform(
-        0.5, pruner.get_metric_local('l1')))
-    small = pruner.export()  # raises ExportError unless exported == masked
-    assert pruner.last_export_report['ok']
-    ratio = get_model_complexity(small, x)['flops'] / \
-        get_model_complexity(model, x)['flops']
-    return pruner, small, ratio
 
 
 class _SamePools(nn.Module):
@@ -51,7 +37,7 @@ def test_same_padding_pools_are_per_channel_leaves():
     torch.manual_seed(0)
     model = randomise(_SamePools()).eval()
     x = torch.randn(2, 3, 19, 21)  # odd sizes: asymmetric SAME padding
-    pruner, small, ratio = _prune_half(model, x)
+    pruner, small, ratio = prune_half(model, x)
     assert small.c1.out_channels == 8 and small.c2.in_channels == 8
     assert small.c3.out_channels == 8 and small.fc.in_features == 8
     assert ratio < 0.5
@@ -88,7 +74,7 @@ def test_selective_kernel_prunes_channels_across_paths(split_input):
     torch.manual_seed(0)
     model = randomise(Net(split_input)).eval()
     x = torch.randn(2, 3, 12, 12)
-    pruner, small, ratio = _prune_half(model, x)
+    pruner, small, ratio = prune_half(model, x)
     sk = small.sk
     assert small.stem.out_channels == 8
     assert [p.conv.out_channels for p in sk.paths] == [8, 8]
@@ -106,7 +92,7 @@ def test_skresnet18_prunes():
     torch.manual_seed(0)
     model = randomise(timm.create_model('skresnet18', pretrained=False,
                                         num_classes=10)).eval()
-    _, small, ratio = _prune_half(model, torch.randn(1, 3, 32, 32))
+    _, small, ratio = prune_half(model, torch.randn(1, 3, 32, 32))
     assert ratio <= 0.75
 
 
@@ -137,7 +123,7 @@ def test_weight_standardised_conv_prunes_outputs_not_inputs():
         for m in (model.c1, model.c3):
             m.gain.uniform_(0.5, 1.5)
     x = torch.randn(2, 3, 13, 13)
-    pruner, small, _ = _prune_half(model, x)
+    pruner, small, _ = prune_half(model, x)
     assert small.c1.out_channels == 16 and small.c2.in_channels == 16
     # c2 -> c3 (grouped, 4 groups): whole groups of c3 go with c2's
     # channels (each kept output keeps its whole fan-in)

@@ -38,6 +38,28 @@ def resnet20_pruner(seed=0):
     return ChannelPruner(model, example_inputs=torch.randn(1, 1, 28, 28))
 
 
+def prune_half(model, x, flops_of=None):
+    """Uniform 50 % L1 on ``model`` (random init), set, exported and
+    checked (``export()`` raises unless exported == masked).
+
+    Returns:
+        ``(pruner, exported model, MACs kept ratio)``; ``flops_of(model)``
+        wraps a model before counting (default: itself).
+    """
+    from mmrazor_ext.estimators import get_model_complexity
+    from mmrazor_ext.pruners import ChannelPruner
+    pruner = ChannelPruner(model, x)
+    assert pruner.channel_spaces, pruner.report(log=False)
+    pruner.set_subnet(pruner.sample_subnet_uniform(
+        0.5, pruner.get_metric_local('l1')))
+    small = pruner.export()
+    assert pruner.last_export_report['ok']
+    wrap = flops_of or (lambda m: m)
+    ratio = get_model_complexity(wrap(small), x)['flops'] / \
+        get_model_complexity(wrap(model), x)['flops']
+    return pruner, small, ratio
+
+
 class WideNet(nn.Module):
     """Channels large enough for 32x64 tiles and 2:4 on every conv."""
 
