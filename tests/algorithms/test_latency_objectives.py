@@ -4,8 +4,8 @@ the table estimate, the budget binds (a FLOPs budget of the same ratio
 misses it), resume is exact, bad keys are named errors.
 
 Small and fast: ResNet-20 on 1x28x28 inputs, a grid-2 table at batch 8,
-timed on one thread by process CPU time (a loaded machine does not skew
-it), cached in one folder for the whole module.
+timed by the deterministic clock of ``helpers.latency`` (a loaded CI timed
+thin layers slower than wide ones), cached in one folder for the module.
 """
 import json
 
@@ -14,6 +14,7 @@ import torch
 
 from helpers import BASELINE
 from helpers.amc import amc_resnet20
+from helpers.latency import lanes_clock
 from helpers.models import randomise
 
 X = torch.randn(1, 1, 28, 28)
@@ -22,7 +23,9 @@ TABLE = dict(batch=8, grid=2, repeats=2, num_threads=1, clock='cpu')
 
 @pytest.fixture(scope='module')
 def table_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('latency_tables'))
+    with pytest.MonkeyPatch.context() as mp:
+        lanes_clock(mp)
+        yield str(tmp_path_factory.mktemp('latency_tables'))
 
 
 def _cfg():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import ROOT
+from helpers.latency import lanes_clock
 from mmrazor_ext.models import CifarResNet
 from mmrazor_ext.pruners import ChannelPruner
 from mmrazor_ext.pruners.latency_target import (
@@ -130,7 +131,8 @@ def test_latency_target_lands_on_resnet20(tmp_path):
         {k: int(v.sum()) for k, v in plain.items()}
 
 
-def test_oneshot_algorithm_latency_mode(tmp_path):
+def test_oneshot_algorithm_latency_mode(tmp_path, monkeypatch):
+    lanes_clock(monkeypatch)  # the algorithm's use of the table, not timing
     from mmengine.config import Config
 
     from mmrazor_ext.algorithms import IterativePruning, OneShotPruning
@@ -167,12 +169,15 @@ def test_oneshot_algorithm_latency_mode(tmp_path):
 @pytest.fixture(scope='module')
 def resnet20(tmp_path_factory):
     """CIFAR ResNet-20, its pruner, L1 scores and a table cache shared by
-    the tests below (the table is measured once)."""
+    the tests below (the table is built once, on the deterministic machine
+    of :func:`helpers.latency.lanes_clock`)."""
     torch.manual_seed(0)
     model = CifarResNet(20).eval()
     pruner = ChannelPruner(model, torch.randn(1, 3, 32, 32))
-    return (model, pruner, pruner.get_metric_local('l1'),
-            str(tmp_path_factory.mktemp('latency')))
+    with pytest.MonkeyPatch.context() as mp:
+        lanes_clock(mp)
+        yield (model, pruner, pruner.get_metric_local('l1'),
+               str(tmp_path_factory.mktemp('latency')))
 
 
 def _export(pruner, subnet):
