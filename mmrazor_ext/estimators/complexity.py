@@ -227,7 +227,8 @@ def get_model_complexity(model: nn.Module,
         example_inputs = (example_inputs,)
     # a model FX cannot trace whole (detector, size-branching timm blocks)
     # is counted through its traceable view: same layers, same names
-    gm = trace_model(traceable_view(model), leaf_modules=leaf_modules)
+    gm = trace_model(traceable_view(model), leaf_modules=leaf_modules,
+                     example_inputs=example_inputs)
     was_training = model.training
     model.eval()
     try:

@@ -145,7 +145,8 @@ class BlockAnalysis:
         was_training = model.training
         model.eval()  # shapes only; eval BN leaves running stats alone
         try:
-            self.gm = trace_model(model, leaf_modules=self.leaf_modules)
+            self.gm = trace_model(model, leaf_modules=self.leaf_modules,
+                                  example_inputs=self.example_inputs)
             with torch.no_grad():
                 ShapeProp(self.gm).propagate(*self.example_inputs)
         finally:

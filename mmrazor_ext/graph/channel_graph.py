@@ -26,6 +26,7 @@ from . import layer_kinds, module_rules  # noqa: F401  (register rules)
 from .detection_rules import traceable_view
 from .patterns import conv_bn_pairs
 from .rules import FUNCTION_RULES, lookup_module_rule, opaque, unary
+from .size_provenance import track_size
 from .slots import (
     FIXED,
     NONE,
@@ -192,30 +193,6 @@ class _Analyzer(MetaInterpreter):
         self.cg._add_layer(self.module_name, kind, in_slots, out_slots,
                            producer)
 
-    def _track_size(self, n: fx.Node, args, sargs) -> None:
-        """Remember which tensor dim an int / shape value was read from
-        (``x.size(1)``, ``x.shape[1]``), so that a reshape to that size is
-        known to follow that dim when it is pruned."""
-        prov = None
-        if n.op == 'call_method' and n.target == 'size' and \
-                isinstance(args[0], torch.Tensor):
-            if len(args) > 1 or 'dim' in n.kwargs:
-                d = args[1] if len(args) > 1 else n.kwargs['dim']
-                prov = (sargs[0], d % args[0].ndim)
-            else:
-                prov = [(sargs[0], i) for i in range(args[0].ndim)]
-        elif n.op == 'call_function' and n.target is getattr and \
-                len(args) > 1 and args[1] == 'shape' and \
-                isinstance(args[0], torch.Tensor):
-            prov = [(sargs[0], i) for i in range(args[0].ndim)]
-        elif n.op == 'call_function' and n.target is operator.getitem and \
-                isinstance(n.args[0], fx.Node) and \
-                isinstance(self.size_prov.get(n.args[0]), list) and \
-                isinstance(args[1], int):
-            prov = self.size_prov[n.args[0]][args[1]]
-        if prov is not None:
-            self.size_prov[n] = prov
-
     # -- interpretation -------------------------------------------------------
     def run_node(self, n: fx.Node):
         self.node = n
@@ -279,8 +256,8 @@ class _Analyzer(MetaInterpreter):
                     'ignore_layers to leave its channels unpruned.')
             return rule(self, m, args, kwargs, sargs, skwargs, out)
         # call_function / call_method
-        if not _has_tensor(out):
-            self._track_size(n, args, sargs)
+        if not _has_tensor(out) and n.target is not operator.setitem:
+            track_size(self.size_prov, n, args, sargs)
             return None  # size arithmetic, asserts ...
         rule = FUNCTION_RULES.get(n.target)
         if rule is None and isinstance(n.target, type) and \
@@ -427,13 +404,16 @@ class ChannelGraph:
         # so the mode is restored once, and only if anything changed
         changed = set_train_mode(model, False)
         try:
-            self.gm = trace_model(model, leaf_modules=leaf_modules)
+            self.gm = trace_model(model, leaf_modules=leaf_modules,
+                                  example_inputs=self.example_inputs)
             gm_train = None
             if trace_train and graph_depends_on_mode(model):
                 changed = True
                 model.train()
                 try:
-                    gm_train = trace_model(model, leaf_modules=leaf_modules)
+                    gm_train = trace_model(
+                        model, leaf_modules=leaf_modules,
+                        example_inputs=self.example_inputs)
                 finally:
                     model.eval()
             graphs = [(self.gm, False)]

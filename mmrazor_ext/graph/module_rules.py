@@ -76,9 +76,11 @@ def softmax_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
 
 @register_module_rule(nn.MultiheadAttention, nn.LocalResponseNorm,
                       nn.CrossMapLRN2d, nn.PixelShuffle, nn.PixelUnshuffle,
-                      nn.Bilinear, nn.ChannelShuffle)
+                      nn.Bilinear, nn.ChannelShuffle, nn.RNN, nn.LSTM,
+                      nn.GRU)
 def opaque_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
-    """Layers whose channel mixing is not modelled: channels fixed."""
+    """Layers whose channel mixing is not modelled (recurrent layers: their
+    gates and hidden state are kept whole): channels fixed."""
     return opaque(ctx, args, kwargs, sargs, skwargs, out)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .op_table import OpTable
+from .size_provenance import tie_sizes
 from .slots import (
     FIXED,
     NONE,
@@ -255,11 +256,11 @@ def reshape_rule(ctx, args, kwargs, sargs, skwargs, out):
             return res
         literal = {i: not isinstance(v, torch.fx.Node) and v != -1
                    for i, v in enumerate(sizes)}
-    _tie_sizes(ctx, res, sizes if target not in ('unflatten', torch.unflatten)
-               else None)
+    computed = tie_sizes(ctx, res, sizes if target not in (
+        'unflatten', torch.unflatten) else None, sargs[0])
     res = compress(ctx.union.canon(res))
     var = varying_dims(res)
-    const = [d for d in var if literal.get(d, False)]
+    const = [d for d in var if literal.get(d, False) or d in computed]
     if not const:
         return res
     if len(const) == len(var):
@@ -268,55 +269,6 @@ def reshape_rule(ctx, args, kwargs, sargs, skwargs, out):
     for d in const:
         _union_along(ctx, res, d)
     return compress(ctx.union.canon(res))
-
-
-def _tie_sizes(ctx, res, sizes) -> None:
-    """A reshape size read from another tensor's dim (``x.shape[3]``) stays
-    equal to that dim after pruning: unless both already hold the same
-    channels, tie them position-wise (or fix them when one side cannot
-    shrink)."""
-    if sizes is None or isinstance(sizes, torch.fx.Node):
-        return
-    prov_map = getattr(ctx, 'size_prov', {})
-    for d, v in enumerate(sizes):
-        if not isinstance(v, torch.fx.Node) or v not in prov_map:
-            continue
-        prov = prov_map[v]
-        if not isinstance(prov, tuple) or d >= res.ndim or \
-                not isinstance(prov[0], torch.Tensor):
-            continue
-        src, i = prov
-        a = _line(ctx, res, d)
-        b = _line(ctx, src, i)
-        if a.numel() == b.numel():
-            # unless the same channels (e.g. after a shuffle): sizes agree
-            if a.numel() > 1 and not torch.equal(torch.sort(a).values,
-                                                 torch.sort(b).values):
-                ctx.union.union_tensors(a, b)
-            continue
-        # one side is constant along its dim: it cannot follow pruning
-        for line, const in ((a, b), (b, a)):
-            if line.numel() > 1 and const.numel() == 1:
-                if int(const) >= 0:
-                    ctx.union.union_tensors(line, const)
-                else:
-                    ctx.union.fix(line)
-
-
-def _line(ctx, s, dim):
-    """Slots of ``s`` along ``dim``; one entry when the dim carries no
-    channels (its slot if ``s`` is constant, else NONE). Fixes ``s`` if its
-    slots vary along ``dim`` and other dims at once."""
-    s = compress(ctx.union.canon(s))
-    dim = dim % s.ndim
-    var = varying_dims(s)
-    if dim not in var:
-        value = int(s.reshape(-1)[0]) if not var else NONE
-        return torch.full((1,), value, dtype=torch.long)
-    if len(var) > 1:
-        ctx.union.fix(s)
-        return torch.full((1,), FIXED, dtype=torch.long)
-    return s.reshape(-1)
 
 
 def _slice_lead(it, node_it, n: int) -> int | None:

@@ -16,6 +16,13 @@ registered on import of :mod:`mmrazor_ext.graph` for every model).
 * ``x.unfold(dim, size, step)`` (HaloNet's blocked attention) and
   ``flip`` only rearrange and repeat elements, so the op itself on the slot
   tensor gives the output's slots.
+* ``t[idx] = v`` (``operator.setitem``, traced with the example input:
+  MViT-V2's relative positions, FasterNet's partial convolution): writes
+  that leave every channel-carrying dim of ``t`` whole tie ``v`` to the
+  written positions like an element-wise op; a write into part of a
+  channel dim (or by tensor index) is opaque (both sides fixed).
+* integer / boolean casts (``x.long()``: SAM's relative-position indices)
+  keep every element where it was, like the float casts.
 * ``F.unfold`` / ``nn.Unfold`` (im2col; TNT, VOLO): output channel
   ``c * kh * kw + j`` holds input channel ``c``, so each channel's slot is
   repeated ``kh * kw`` times along the channel dim (zero padding adds
@@ -33,6 +40,7 @@ from torch import nn
 from .rules import (
     elementwise,
     index_apply,
+    opaque,
     register_function_rule,
     register_module_rule,
     unary,
@@ -96,3 +104,41 @@ def im2col_rule(ctx, args, kwargs, sargs, skwargs, out):
 def unfold_module_rule(ctx, m, args, kwargs, sargs, skwargs, out):
     """``nn.Unfold``: see the module doc."""
     return _im2col(ctx, sargs[0], m.kernel_size, out)
+
+
+register_function_rule('long', 'int', 'short', 'bool', 'byte', 'char')(unary)
+
+
+def _written_dims(idx, ndim: int) -> set[int] | None:
+    """Dims of a ``ndim``-d tensor that index ``idx`` restricts; ``None``
+    for an index no rule follows (tensors, lists, new axes)."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(i is None or isinstance(i, (torch.Tensor, list)) for i in items):
+        return None
+    dims = list(range(len(items)))
+    if any(i is Ellipsis for i in items):
+        k = next(j for j, i in enumerate(items) if i is Ellipsis)
+        after = len(items) - k - 1
+        dims = list(range(k)) + list(range(ndim - after, ndim))
+        items = items[:k] + items[k + 1:]
+    return {d for d, i in zip(dims, items)
+            if not (isinstance(i, slice) and i == slice(None))}
+
+
+@register_function_rule(operator.setitem)
+def setitem_rule(ctx, args, kwargs, sargs, skwargs, out):
+    t, idx, v = args
+    st, sv = sargs[0], sargs[2]
+    if not isinstance(t, torch.Tensor) or not isinstance(st, torch.Tensor):
+        return None  # a list / dict item: no channels
+    written = _written_dims(idx, t.ndim)
+    var = varying_dims(compress(ctx.union.canon(st)))
+    if written is None or written & set(var):
+        opaque(ctx, args, kwargs, sargs, skwargs, out)
+        return None
+    if isinstance(v, torch.Tensor) and isinstance(sv, torch.Tensor):
+        region = expand_slots(st, t)[idx]
+        vs = expand_slots(sv, v)
+        vs = vs.reshape((1,) * (region.ndim - vs.ndim) + tuple(vs.shape))
+        ctx.union.union_tensors(region, torch.broadcast_to(vs, region.shape))
+    return None

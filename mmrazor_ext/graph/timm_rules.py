@@ -59,7 +59,7 @@ from .layer_kinds import (
     register_layer_kind,
     slice_attr,
 )
-from .rules import spatial_rule
+from .rules import creation, register_function_rule, spatial_rule
 from .slots import channel_slots, compress, fixed_like
 
 __all__ = ['register_timm_rules', 'timm_available']
@@ -205,6 +205,12 @@ def register_timm_rules() -> bool:
     if scalar:
         register_layer_kind(LayerKind('timm_scalar_affine', scalar,
                                       _pass_rule, _no_export))
+    # sin-cos position grids (EVA / DINOv3 / Qwen3-ViT) are built from
+    # sizes only: a fresh tensor with a literal shape
+    grid = getattr(importlib.import_module('timm.layers.pos_embed_sincos'),
+                   '_build_grid', None)
+    if grid is not None:
+        register_function_rule(grid)(creation)
     _register_plain_subclasses()
     return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import operator
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - older torch
     _GraphModule = fx.GraphModule
 
-__all__ = ['TraceError', 'trace_model', 'default_concrete_args',
+__all__ = ['TraceError', 'LeafTracer', 'trace_model', 'default_concrete_args',
            'node_outputs_module', 'graph_depends_on_mode', 'set_train_mode',
            'meta_module_output', 'meta_function_output',
            'same_graph_up_to_flags', 'MetaInterpreter']
@@ -44,7 +44,7 @@ class TraceError(RuntimeError):
     """Raised when symbolic tracing fails; names the module that failed."""
 
 
-class _LeafTracer(fx.Tracer):
+class LeafTracer(fx.Tracer):
     """FX tracer whose leaf set is torch's default, the classes that have a
     layer kind (:mod:`.layer_kinds`) and user entries.
 
@@ -201,7 +201,8 @@ def default_concrete_args(model: nn.Module) -> dict[str, Any] | None:
 
 
 def trace_model(model: nn.Module, leaf_modules: Iterable[type | str] = (),
-                concrete_args: dict[str, Any] | None = None
+                concrete_args: dict[str, Any] | None = None,
+                example_inputs: Sequence[Any] | torch.Tensor | None = None
                 ) -> fx.GraphModule:
     """Symbolically trace ``model`` into a ``GraphModule``.
 
@@ -217,6 +218,12 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             of being traced through (torch's own ``nn`` modules are always
             leaves).
         concrete_args: Passed to ``torch.fx.Tracer.trace``.
+        example_inputs: Positional inputs of ``model``. When the symbolic
+            trace fails (Python control flow on a traced size), the model is
+            traced again with them
+            (:mod:`~mmrazor_ext.graph.concrete_tracer`): branches on sizes
+            follow this input's shape, and ``gm.meta['concrete_trace']`` is
+            set.
 
     Returns:
         The traced ``torch.fx.GraphModule``.
@@ -229,18 +236,30 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[type | str] = (),
         from .timm_rules import register_timm_rules
         register_timm_rules()
     classes, names = _split_leaves(leaf_modules)
-    tracer = _LeafTracer(classes, names)
+    tracer = LeafTracer(classes, names)
     if concrete_args is None:
         concrete_args = default_concrete_args(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
-    except TraceError:
-        raise
     except Exception as e:
-        raise TraceError(
+        err = e if isinstance(e, TraceError) else TraceError(
             f'torch.fx could not trace {type(model).__name__}.forward: '
             f'{type(e).__name__}: {e}. Mark the offending submodule with '
-            'leaf_modules=(...) or pass concrete_args.') from e
+            'leaf_modules=(...) or pass concrete_args.')
+        if example_inputs is None:
+            raise err from e
+        from .concrete_tracer import concrete_trace
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        try:
+            tracer, graph = concrete_trace(model, example_inputs, classes,
+                                           names, concrete_args)
+        except TraceError as e2:
+            raise TraceError(
+                f'{err} With the example input ({e2})') from e2
+        gm = _graph_module(tracer.root, graph, type(model).__name__)
+        gm.meta['concrete_trace'] = str(err)
+        return gm
     return _graph_module(tracer.root, graph, type(model).__name__)
 
 

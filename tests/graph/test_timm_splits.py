@@ -231,13 +231,23 @@ def test_partial_conv_on_a_split():
     assert model.mix.dim_conv3 == 4  # the original is untouched
 
 
-def test_partial_conv_slicing_forward_is_a_named_error():
-    """In-place slice assignment cannot be traced by torch.fx: a named
-    error, never a silently wrong graph."""
+def test_partial_conv_slicing_forward_pins_what_it_writes():
+    """In-place slice assignment (torch.fx cannot trace it symbolically;
+    traced with the example input): a write into part of the channel dim is
+    opaque, so the tensor it writes keeps its channels, the MLP inside is
+    still pruned and the export is exact."""
     from mmrazor_ext.graph import TraceError
+    from mmrazor_ext.graph.tracer import trace_model
+    torch.manual_seed(0)
+    model = randomise(PartialConv(slicing=True)).eval()
+    x = torch.randn(1, 3, 10, 10)
     with pytest.raises(TraceError, match='item assignment'):
-        ChannelPruner(PartialConv(slicing=True).eval(),
-                      torch.randn(1, 3, 10, 10))
+        trace_model(model)
+    pruner, small, rel, _ = _prune(model, x)
+    assert rel <= 1e-4
+    assert small.stem.out_channels == 16  # written in place: kept
+    assert small.mix.partial_conv3.in_channels == 4
+    assert small.mlp[0].out_channels < 32  # the hidden width is pruned
 
 
 def test_slice_of_a_cat_is_pruned():

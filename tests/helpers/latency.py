@@ -7,7 +7,8 @@ import torch
 def lanes_time(self, module, inputs):
     """A deterministic machine with 8-wide SIMD lanes: a conv / linear call
     costs a fixed overhead, a memory term per output element and MACs over
-    channel counts padded to multiples of 8; a whole model costs its layers plus 25 % outside them."""
+    channel counts padded to multiples of 8; a whole model costs its layers
+    plus 25 % outside them."""
     costs = []
 
     def hook(mod, args, out):
