@@ -21,6 +21,12 @@ are plain compositions and are traced through; the layers below need more:
   kept channels only (what the sliced layer computes) and then applies the
   module's own drop / activation; the group norms reuse torch's ``gn``
   kind (:mod:`.layer_kinds`, one group: free channels).
+* RMS norms (``RmsNorm`` / ``RmsNorm2d`` / ``SimpleNorm`` ..., with or
+  without activation; MobileNetV5) and ``GlobalResponseNorm`` (ConvNeXt-V2,
+  CSATv2: divides by the mean over channels) are the same kind of layer:
+  their masked mode runs the module's own forward, with the kept weights
+  and width, on the kept channels. (A GRN's kind lists its channels-last
+  axis; its rule and masked mode read the instance's ``channel_dim``.)
 * timm subclasses of those classes that keep the base's ``forward`` and
   only change construction (MetaFormer's ``LayerNorm2dNoBias``,
   ``GroupNorm1NoBias``, ``LayerNormNoBias``) get the base's kind.
@@ -130,6 +136,49 @@ def _ln_kept(dim):
     return masked_output
 
 
+def _forward_kept(dim: int | None):
+    def masked_output(m, x, out, keep):
+        """The module's own forward at the kept width on the kept channels
+        (RMS norms, GRN: statistics over the channels that remain),
+        scattered back (zeros elsewhere); ``dim`` ``None``: the module's
+        ``channel_dim``."""
+        d = m.channel_dim if dim is None else dim
+        saved = {k: m._parameters[k] for k in ('weight', 'bias')
+                 if m._parameters.get(k) is not None}
+        shape = getattr(m, 'normalized_shape', None)
+        # forward itself, not __call__ (this runs inside the masking hook);
+        # the kept tensors are indexed views: gradients reach the parameters
+        for k, p in saved.items():
+            m._parameters[k] = p[keep]
+        if shape is not None:
+            m.normalized_shape = (keep.numel(),)
+        try:
+            y = m.forward(x.index_select(d, keep))
+        finally:
+            m._parameters.update(saved)
+            if shape is not None:
+                m.normalized_shape = shape
+        return out.new_zeros(out.shape).index_copy(d, keep, y)
+    return masked_output
+
+
+def _grn_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
+    """Global response norm: divides by the mean over its channel dim
+    (``m.channel_dim``); prunable, the masked model averages over the kept
+    channels only."""
+    dim = m.channel_dim % out.ndim
+    s = compress(ctx.union.canon(sargs[0]))
+    slots = channel_slots(ctx.union, s, dim, m.weight.numel())
+    kind.add_member(ctx, out_slots=slots)
+    return _channels_on(slots, out, dim)
+
+
+def _export_grn(m, in_idx, out_idx):
+    if out_idx is not None:
+        slice_attr(m, 'weight', 0, out_idx)
+        slice_attr(m, 'bias', 0, out_idx)
+
+
 def _with_post(kept):
     """A norm's masked output followed by its own drop / activation."""
     def masked_output(m, x, out, keep):
@@ -176,6 +225,20 @@ def register_timm_rules() -> bool:
                       masked_output=_ln_kept(-1)),
             LayerKind('timm_ln2d', ln_2d, _ln_rule(1), _export_ln,
                       macs=affine_norm_macs, masked_output=_ln_kept(1)),
+            LayerKind('timm_rms', _classes(tl, (
+                'RmsNorm', 'RmsNormAct', 'RmsNormFp32', 'RmsNormActFp32',
+                'SimpleNorm', 'SimpleNormFp32')), _ln_rule(-1), _export_ln,
+                in_dim=-1, out_dim=-1, macs=affine_norm_macs,
+                masked_output=_forward_kept(-1)),
+            LayerKind('timm_rms2d', _classes(tl, (
+                'RmsNorm2d', 'RmsNormAct2d', 'RmsNorm2dFp32',
+                'RmsNormAct2dFp32', 'SimpleNorm2d', 'SimpleNorm2dFp32')),
+                _ln_rule(1), _export_ln, macs=affine_norm_macs,
+                masked_output=_forward_kept(1)),
+            LayerKind('timm_grn', _classes(importlib.import_module(
+                'timm.layers.grn'), ('GlobalResponseNorm',)), _grn_rule,
+                _export_grn, in_dim=-1, out_dim=-1, macs=affine_norm_macs,
+                masked_output=_forward_kept(None)),
             # torch's GroupNorm kind (one group: free channels), plus the
             # module's own drop / activation in masked mode
             replace(get_layer_kind('gn'), name='timm_gn', types=gn,

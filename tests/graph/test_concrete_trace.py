@@ -128,3 +128,28 @@ def test_train_mode_trace_leaves_buffers_and_rng_alone():
         assert torch.equal(v, before[k]), k  # BN running stats untouched
     assert model.block.bias is bias  # the replaced cache is put back
     assert model.training and gm.meta.get('concrete_trace')
+
+
+def test_setitem_on_rows_ties_channels_like_an_add():
+    """``y[:, :, :2] = z[:, :, :2]`` writes whole channel columns: ``y`` and
+    ``z`` share channels (pruned together), the export is exact."""
+
+    class RowCopy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 3, padding=1)
+            self.b = nn.Conv2d(3, 16, 1)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y, z = self.a(x), self.b(x)
+            y[:, :, :2] = z[:, :, :2]
+            return self.head(y.relu()).mean((2, 3))
+
+    torch.manual_seed(0)
+    pruner, small, _ = prune_half(RowCopy().eval(), torch.randn(1, 3, 6, 6))
+    assert pruner.graph.gm.meta.get('concrete_trace')
+    outs = [{name for name, role in sp.members if role == 'out'}
+            for sp in pruner.channel_spaces.values()]
+    assert any({'a', 'b'} <= s for s in outs), outs
+    assert small.a.out_channels == small.b.out_channels < 16
