@@ -27,8 +27,10 @@ def find_conv_bn_pairs(model: nn.Module,
                        ) -> list[tuple[str, str]]:
     """Foldable ``(conv or linear, bn)`` pairs of ``model`` (see
     :func:`~mmrazor_ext.graph.patterns.conv_bn_pairs`); ``Linear`` + BN
-    pairs need ``example_inputs`` for the 2-D output check."""
-    gm = trace_model(model, leaf_modules=leaf_modules)
+    pairs need ``example_inputs`` for the 2-D output check (and a model
+    torch.fx cannot trace symbolically is traced with them)."""
+    gm = trace_model(model, leaf_modules=leaf_modules,
+                     example_inputs=example_inputs)
     if example_inputs is not None and any(
             isinstance(m, nn.Linear) for m in gm.modules()):
         if isinstance(example_inputs, torch.Tensor):
