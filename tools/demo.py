@@ -216,10 +216,12 @@ def main(argv=None) -> dict:
          ['CDP-pruned + fine-tuned', f"{p['flops'] / 1e6:.2f}",
           f"{p['params'] / 1e6:.3f}", f'{small_ms:.1f}', f"{p['top1']:.2f}"]],
         ['model', 'MACs (M)', 'params (M)', 'CPU ms (b64)', 'top-1 (%)'])
+    # the reconstruction step only where the config ran one
+    recon = '' if p['top1_after_reconstruction'] is None else \
+        f"after reconstruction {fmt_top1(p['top1_after_reconstruction'])} %, "
     print(f"FLOPs reduction {flops_x:.2f}x, latency speed-up "
           f"{results['latency_speedup']:.2f}x; top-1 right after pruning "
-          f"{fmt_top1(p['top1_right_after_pruning'])} %, after "
-          f"reconstruction {fmt_top1(p['top1_after_reconstruction'])} %, "
+          f"{fmt_top1(p['top1_right_after_pruning'])} %, {recon}"
           f"after BN recalibration "
           f"{fmt_top1(p['top1_after_bn_recalibration'])} %")
     print(f"results: {osp.join(args.work_dir, 'results.json')}; pruned "

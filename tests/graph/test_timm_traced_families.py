@@ -4,6 +4,7 @@ sin-cos grids: uniform 50 % L1 reaches <= 0.75 of the MACs and the export
 equals the masked model (``prune_half`` checks it)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from helpers.models import prune_half, randomise
@@ -41,37 +42,44 @@ def test_family_prunes_and_exports(name, size, kwargs, concrete):
     assert ratio <= 0.75, (name, ratio)
 
 
+class HeadsBlock(nn.Module):
+    """``qkv(x).view(B, N, 3, heads, C // heads)`` with ``C`` read from the
+    block input (Swin-V2-CR, VOLO, Twins)."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Linear(8, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, -1))
+        x = x + self.fc2(self.fc1(x).relu())
+        return self.head(x.mean(1))
+
+
 def test_reshape_by_a_size_computed_from_another_tensor_pins_it():
-    """``qkv(x).view(B, N, 3, heads, C // heads)`` with ``C`` read from
-    ``x``: pruning ``x`` would change the computed size but not ``qkv``'s
-    output, so ``x``'s channels are kept (Swin-V2-CR, VOLO, Twins); the
-    hidden MLP width is still pruned."""
-
-    class Block(nn.Module):
-        def __init__(self, dim=16, heads=2):
-            super().__init__()
-            self.heads = heads
-            self.stem = nn.Linear(8, dim)
-            self.qkv = nn.Linear(dim, 3 * dim)
-            self.proj = nn.Linear(dim, dim)
-            self.fc1 = nn.Linear(dim, 4 * dim)
-            self.fc2 = nn.Linear(4 * dim, dim)
-
-        def forward(self, x):
-            x = self.stem(x)
-            B, N, C = x.shape
-            qkv = self.qkv(x).view(B, N, 3, self.heads, C // self.heads)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            a = (q @ k.transpose(-2, -1)).softmax(-1) @ v
-            x = x + self.proj(a.transpose(1, 2).reshape(B, N, -1))
-            return x + self.fc2(self.fc1(x).relu())
-
+    """Pruning ``x`` would change ``C // heads`` but not ``qkv``'s output
+    (and the default attention scale ``1 / sqrt(C // heads)``), so ``x``'s
+    channels are kept, named in the report; the hidden MLP width is still
+    pruned."""
     torch.manual_seed(0)
-    model = randomise(Block())
-    pruner, small, ratio = prune_half(model, torch.randn(2, 5, 8))
+    pruner, small, _ = prune_half(randomise(HeadsBlock()),
+                                  torch.randn(2, 5, 8))
     assert small.stem.out_features == 16 and small.qkv.in_features == 16
     assert small.fc1.out_features < 64
     assert 'stem' not in pruner.channel_spaces
+    reasons = {r.layer: r.reason for r in pruner.report(log=False)}
+    assert reasons['stem'].startswith('group constraint'), reasons
 
 
 def test_rms_norms_prune_with_statistics_over_kept_channels():

@@ -105,6 +105,9 @@ def test_demo_runs_on_tiny_data(tmp_path, tiny_fmnist):
     for key in ('heatmap', 'kept_ratio'):
         assert open(results['plots'][key], 'rb').read(4) == b'\x89PNG'
     assert 'CDP plots:' in proc.stdout
+    # no reconstruction in the demo config: the summary does not list it
+    assert 'after BN recalibration' in proc.stdout
+    assert 'after reconstruction' not in proc.stdout
     # A second run reuses the checkpoint instead of training again.
     proc = run_tool([PY, 'tools/demo.py', '--epochs', '1', '--work-dir',
                      str(tmp_path), '--cfg-options', *opts])
