@@ -68,9 +68,10 @@ class AmpereScheduler(BaseScheduler):
         return reason
 
     def prepare_sparse_model(self, model, leaf_module=None, concrete_args=None,
-                             init_masks=True):
+                             init_masks=True, example_inputs=None):
         model = super().prepare_sparse_model(model, leaf_module, concrete_args,
-                                             init_masks=False)
+                                             init_masks=False,
+                                             example_inputs=example_inputs)
         if self.cfg['verbosity'] >= 1 or self.skipped:
             note(f'AmpereScheduler: 2:4 on {len(self.layers)} layer(s); '
                  f'not eligible / skipped: {sorted(self.skipped) or "none"}')
@@ -127,7 +128,8 @@ class AmpereScheduler(BaseScheduler):
         from mmrazor_ext.graph import trace_model
         leaves, _ = resolve_leaf_modules(self.model, self.leaf_module)
         gm = trace_model(self.model, leaf_modules=leaves + layer_leaves(self.model),
-                         concrete_args=getattr(self, 'concrete_args', None))
+                         concrete_args=getattr(self, 'concrete_args', None),
+                         example_inputs=getattr(self, 'example_inputs', None))
         out = {}
         for node in gm.graph.nodes:
             if node.op != 'call_module' or node.target not in self.layers:

@@ -80,11 +80,14 @@ def layer_leaves(model: nn.Module) -> list[type]:
 
 
 def discover_layers(model: nn.Module, leaf_module: Iterable[Any] = (),
-                    concrete_args: dict | None = None) -> list[str]:
+                    concrete_args: dict | None = None,
+                    example_inputs: Any = None) -> list[str]:
     """Qualified names of the conv / linear layers the traced forward calls.
 
     Uses the project's single tracer; layers inside ``leaf_module`` modules
-    or never called by ``forward`` are not returned.
+    or never called by ``forward`` are not returned. With
+    ``example_inputs``, a model torch.fx cannot trace symbolically (Python
+    branches on sizes) is traced with them.
     """
     from mmrazor_ext.graph import trace_model
 
@@ -93,7 +96,8 @@ def discover_layers(model: nn.Module, leaf_module: Iterable[Any] = (),
         note(f'leaf_module entries not found in the model (ignored): '
              f'{unmatched}', 'WARNING')
     gm = trace_model(model, leaf_modules=leaves + layer_leaves(model),
-                     concrete_args=concrete_args)
+                     concrete_args=concrete_args,
+                     example_inputs=example_inputs)
     found, seen = [], set()
     for node in gm.graph.nodes:
         if node.op != 'call_module' or node.target in seen:
@@ -214,7 +218,8 @@ class BaseScheduler:
     def prepare_sparse_model(self, model: nn.Module,
                              leaf_module: Sequence[Any] | None = None,
                              concrete_args: dict | None = None,
-                             init_masks: bool = True) -> nn.Module:
+                             init_masks: bool = True,
+                             example_inputs: Any = None) -> nn.Module:
         """Trace ``model`` and attach fake-sparse nodes to its layers.
 
         The model is modified in place (and returned): its parameters keep
@@ -227,6 +232,10 @@ class BaseScheduler:
                 ``mode='tensor'`` path).
             init_masks: Compute the first masks now (False when weights are
                 loaded later, as the Runner does; :meth:`update` then does it).
+            example_inputs: An input batch (tensor or tuple; default: random,
+                of the config's ``default_input_shape`` when set): lets the
+                tracer follow Python branches on sizes that torch.fx cannot
+                trace symbolically (window attention in timm ViTs).
 
         Returns:
             The same model, prepared.
@@ -237,8 +246,17 @@ class BaseScheduler:
             self.leaf_module = list(leaf_module)
         if any(True for _ in iter_sparse_layers(model)):
             raise RuntimeError('model already carries fake-sparse nodes')
-        names = discover_layers(model, self.leaf_module, concrete_args)
+        if example_inputs is None and self.cfg.get('default_input_shape'):
+            # only used when the symbolic trace fails (a fresh input of the
+            # configured shape: sizes matter there, not values)
+            ref = next(model.parameters(), None)
+            example_inputs = torch.randn(
+                *self.cfg['default_input_shape'],
+                device=None if ref is None else ref.device)
+        names = discover_layers(model, self.leaf_module, concrete_args,
+                                example_inputs)
         self.concrete_args = concrete_args
+        self.example_inputs = example_inputs
         for name in names:
             module = model.get_submodule(name)
             reason = self.layer_filter(name, module)

@@ -82,3 +82,36 @@ def test_amba_state_dict_resume_mid_stage():
     assert sched2.applied_stage == 1
     for (n, a), b in zip(sched.layers.items(), sched2.layers.values()):
         assert torch.equal(a.weight_fake_sparse.mask, b.weight_fake_sparse.mask), n
+
+
+def test_size_branching_model_is_prepared_with_an_example_input():
+    """A model torch.fx cannot trace symbolically (a Python branch on a
+    feature size): the example input, or the config's
+    ``default_input_shape``, lets the scheduler find its layers."""
+    from torch import nn
+
+    from mmrazor_ext.graph import TraceError
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 16, 3, padding=1)
+            self.extra = nn.Conv2d(16, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.conv(x)
+            if x.shape[-1] % 2 == 0:  # a size branch
+                x = self.extra(x)
+            return self.fc(x.mean((2, 3)))
+
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(TraceError):
+        build_sparse_scheduler(amba_cfg(default_input_shape=None)) \
+            .prepare_sparse_model(Branchy())
+    for cfg, kw in ((amba_cfg(default_input_shape=None),
+                     dict(example_inputs=x)), (amba_cfg(), {})):
+        sched = build_sparse_scheduler(cfg)
+        model = sched.prepare_sparse_model(Branchy(), **kw)
+        assert sorted(sched.layers) == ['conv', 'extra', 'fc']
+        model(x).sum().backward()  # masks apply on the branch taken
