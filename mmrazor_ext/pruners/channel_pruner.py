@@ -103,6 +103,14 @@ class ChannelPruner:
                                   leaf_modules=self.leaf_modules,
                                   trace_train=trace_train)
         self.build_time = time.perf_counter() - t0
+        why = self.graph.gm.meta.get('concrete_trace')
+        if why:
+            shapes = [tuple(x.shape) for x in self.example_inputs
+                      if isinstance(x, torch.Tensor)]
+            print_log(f'ChannelPruner: {type(model).__name__} was traced with '
+                      f'the example input {shapes} (Python branches on sizes '
+                      f'follow its shape); the symbolic trace failed: '
+                      f'{why[:300]}', logger='current')
         if all(rec.kind == 'param' for rec in self.graph.layers.values()):
             raise ValueError(
                 f'ChannelPruner: model {type(model).__name__} has no '

@@ -82,12 +82,15 @@ def test_size_branches_need_the_example_input():
     assert not any(n.target == F.pad for n in gm2.graph.nodes)
 
 
-def test_window_net_prunes_and_exports_equivalently():
+def test_window_net_prunes_and_exports_equivalently(capsys):
     torch.manual_seed(0)
     model = WindowNet().eval()
     x = torch.randn(1, 3, 10, 10)
     pruner, small, ratio = prune_half(model, x)
     assert pruner.graph.gm.meta.get('concrete_trace')
+    # the user is told the graph follows this input's shape
+    assert 'traced with the example input [(1, 3, 10, 10)]' in \
+        capsys.readouterr().out
     with torch.no_grad():
         assert small(x).shape == (1, 10)
     assert ratio <= 0.75, ratio
