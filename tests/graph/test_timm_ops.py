@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.models import randomise
+from helpers.models import NormsNet, randomise
 from mmrazor_ext.pruners import ChannelPruner
 
 timm = pytest.importorskip('timm')
@@ -156,22 +156,8 @@ def test_metaformer_no_bias_norms_are_layer_kinds():
         LayerNormNoBias,
     )
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = nn.Conv2d(3, 16, 1)
-            self.n1 = LayerNorm2dNoBias(16)
-            self.c2 = nn.Conv2d(16, 16, 1)
-            self.n2 = GroupNorm1NoBias(16)
-            self.fc = nn.Linear(16, 16)
-            self.n3 = LayerNormNoBias(16)
-            self.out = nn.Linear(16, 4)
-
-        def forward(self, x):
-            x = self.n2(self.c2(self.n1(self.c1(x))))
-            return self.out(self.n3(self.fc(x.mean((2, 3)))))
-
-    pruner, small = _prune(Net(), torch.randn(1, 3, 4, 4))
+    pruner, small = _prune(NormsNet(LayerNorm2dNoBias, GroupNorm1NoBias,
+                                    LayerNormNoBias), torch.randn(1, 3, 4, 4))
     assert set(pruner.channel_spaces) == {'c1', 'c2', 'fc'}
     assert small.n1.normalized_shape == (8,) and small.n1.bias is None
     assert small.n2.num_channels == 8 and small.n2.num_groups == 1

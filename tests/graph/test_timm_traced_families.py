@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.models import prune_half, randomise
+from helpers.models import NormsNet, prune_half, randomise
 
 timm = pytest.importorskip('timm')
 
@@ -88,23 +88,9 @@ def test_rms_norms_prune_with_statistics_over_kept_channels():
     the sliced layer computes), so the export is exact."""
     from timm.layers import RmsNorm, RmsNorm2d, RmsNormAct2d
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = nn.Conv2d(3, 16, 3, padding=1)
-            self.n1 = RmsNormAct2d(16)
-            self.c2 = nn.Conv2d(16, 32, 1)
-            self.n2 = RmsNorm2d(32)
-            self.fc = nn.Linear(32, 24)
-            self.n3 = RmsNorm(24)
-            self.head = nn.Linear(24, 4)
-
-        def forward(self, x):
-            x = self.n2(self.c2(self.n1(self.c1(x)))).mean((2, 3))
-            return self.head(self.n3(self.fc(x)))
-
     torch.manual_seed(0)
-    model = randomise(Net())
+    model = randomise(NormsNet(RmsNormAct2d, RmsNorm2d, RmsNorm,
+                               widths=(16, 32, 24)))
     pruner, small, ratio = prune_half(model, torch.randn(2, 3, 8, 8))
     assert {'c1', 'c2', 'fc'} <= set(pruner.channel_spaces)
     assert small.n1.normalized_shape == (small.c1.out_channels,)

@@ -87,3 +87,24 @@ def check_scores(pruner, scores):
         s = scores[name]
         assert s.shape == (space.num_channels,), name
         assert torch.isfinite(s).all(), name
+
+
+class NormsNet(nn.Module):
+    """conv -> ``norm_a`` -> conv -> ``norm_b`` -> mean -> linear ->
+    ``norm_last`` -> head: three norm classes under test (two over dim 1,
+    one over the last dim) at widths ``widths``."""
+
+    def __init__(self, norm_a, norm_b, norm_last, widths=(16, 16, 16)):
+        super().__init__()
+        a, b, c = widths
+        self.c1 = nn.Conv2d(3, a, 1)
+        self.n1 = norm_a(a)
+        self.c2 = nn.Conv2d(a, b, 1)
+        self.n2 = norm_b(b)
+        self.fc = nn.Linear(b, c)
+        self.n3 = norm_last(c)
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.n2(self.c2(self.n1(self.c1(x))))
+        return self.head(self.n3(self.fc(x.mean((2, 3)))))
