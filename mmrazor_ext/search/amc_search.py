@@ -235,9 +235,11 @@ def rebuild_pruned(model: nn.Module, path: str) -> dict:
 
 
 # -- latency ------------------------------------------------------------------------
-def count_ops(model: nn.Module) -> int:
-    """Compute nodes (module calls, functions, methods) of the traced graph."""
-    gm = trace_model(model)
+def count_ops(model: nn.Module,
+              example_inputs: Sequence[torch.Tensor] | None = None) -> int:
+    """Compute nodes (module calls, functions, methods) of the traced graph
+    (traced with ``example_inputs`` where torch.fx alone cannot)."""
+    gm = trace_model(model, example_inputs=example_inputs)
     return sum(n.op in ('call_module', 'call_function', 'call_method')
                for n in gm.graph.nodes)
 
@@ -277,7 +279,7 @@ class LatencyProvider:
                                  ) from None
 
     def __call__(self, model: nn.Module) -> tuple[float, int]:
-        op_num = count_ops(model)
+        op_num = count_ops(model, self.example_inputs)
         if self.cmd is None:
             sec = measure_latency(model, self.example_inputs, warmup=2,
                                   repeats=self.repeats)

@@ -156,3 +156,11 @@ def test_setitem_on_rows_ties_channels_like_an_add():
             for sp in pruner.channel_spaces.values()]
     assert any({'a', 'b'} <= s for s in outs), outs
     assert small.a.out_channels == small.b.out_channels < 16
+
+
+def test_amc_op_count_of_a_size_branching_model():
+    from mmrazor_ext.search.amc_search import count_ops
+    model, x = WindowNet().eval(), torch.randn(1, 3, 10, 10)
+    with pytest.raises(TraceError):
+        count_ops(model)
+    assert count_ops(model, (x,)) > 20  # every op of the traced graph
