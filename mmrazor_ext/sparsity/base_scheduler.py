@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmrazor_ext.registry import FAKE_SPARSES, MASK_GENERATORS, SPARSE_SCHEDULERS
+from mmrazor_ext.utils.io import atomic_torch_save
 
 from .config import (
     LAYER_SELECTION_ARGS,
@@ -462,14 +463,14 @@ class BaseScheduler:
         self.cur_iter = int(state.get('cur_iter', 0))
 
     def save_checkpoint(self, path: str, **extra) -> str:
-        """``torch.save`` the prepared model's state_dict plus metadata."""
+        """``torch.save`` the prepared model's state_dict plus metadata
+        (atomically: a killed run never leaves a half-written file)."""
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
         ckpt = {'state_dict': self.model.state_dict(),
                 'sparse_scheduler': self.state_dict(),
                 'global_sparsity': self.global_sparsity()}
         ckpt.update(extra)
-        torch.save(ckpt, path)
-        return path
+        return atomic_torch_save(path, ckpt)
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(layers={len(self.layers)}, '

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from helpers.data import random_batches
 from helpers.models import resnet20
-from helpers.sparsity import amba_cfg
+from helpers.sparsity import amba_cfg, load
 from mmrazor_ext.sparsity import build_sparse_scheduler
 
 
@@ -115,3 +115,24 @@ def test_size_branching_model_is_prepared_with_an_example_input():
         model = sched.prepare_sparse_model(Branchy(), **kw)
         assert sorted(sched.layers) == ['conv', 'extra', 'fc']
         model(x).sum().backward()  # masks apply on the branch taken
+
+
+def test_stage_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A save that dies half way leaves the previous checkpoint whole."""
+    sched = build_sparse_scheduler(amba_cfg())
+    sched.prepare_sparse_model(resnet20())
+    path = str(tmp_path / 'ckpt.pth')
+    sched.save_checkpoint(path)
+    before = load(path)['global_sparsity']
+
+    def dying_save(obj, f, *a, **k):
+        with open(f, 'wb') as fh:
+            fh.write(b'half')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        sched.save_checkpoint(path)
+    monkeypatch.undo()
+    assert load(path)['global_sparsity'] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pth']
