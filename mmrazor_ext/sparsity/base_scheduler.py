@@ -233,7 +233,7 @@ class BaseScheduler:
                 ``mode='tensor'`` path).
             init_masks: Compute the first masks now (False when weights are
                 loaded later, as the Runner does; :meth:`update` then does it).
-            example_inputs: An input batch (tensor or tuple; default: random,
+            example_inputs: An input batch (tensor or tuple; default: zeros
                 of the config's ``default_input_shape`` when set): lets the
                 tracer follow Python branches on sizes that torch.fx cannot
                 trace symbolically (window attention in timm ViTs).
@@ -248,10 +248,11 @@ class BaseScheduler:
         if any(True for _ in iter_sparse_layers(model)):
             raise RuntimeError('model already carries fake-sparse nodes')
         if example_inputs is None and self.cfg.get('default_input_shape'):
-            # only used when the symbolic trace fails (a fresh input of the
-            # configured shape: sizes matter there, not values)
+            # only used when the symbolic trace fails, where sizes matter,
+            # not values: zeros (a random input would draw from the global
+            # RNG and change a seeded run)
             ref = next(model.parameters(), None)
-            example_inputs = torch.randn(
+            example_inputs = torch.zeros(
                 *self.cfg['default_input_shape'],
                 device=None if ref is None else ref.device)
         names = discover_layers(model, self.leaf_module, concrete_args,
@@ -450,7 +451,8 @@ class BaseScheduler:
         from mmrazor_ext.estimators import get_model_complexity
         leaves, _ = resolve_leaf_modules(self.model, self.leaf_module)
         param = next(self.model.parameters())
-        x = torch.randn(*shape, device=param.device, dtype=param.dtype)
+        # MACs depend on shapes only; zeros draw nothing from the global RNG
+        x = torch.zeros(*shape, device=param.device, dtype=param.dtype)
         return get_model_complexity(self.model, x, per_layer=True,
                                     leaf_modules=leaves + layer_leaves(self.model))
 

@@ -82,15 +82,18 @@ def test_size_branches_need_the_example_input():
     assert not any(n.target == F.pad for n in gm2.graph.nodes)
 
 
-def test_window_net_prunes_and_exports_equivalently(capsys):
+def test_window_net_prunes_and_exports_equivalently(monkeypatch):
+    import mmrazor_ext.pruners.channel_pruner as cp
+    logged = []
+    monkeypatch.setattr(cp, 'print_log', lambda msg, **kw: logged.append(msg))
     torch.manual_seed(0)
     model = WindowNet().eval()
     x = torch.randn(1, 3, 10, 10)
     pruner, small, ratio = prune_half(model, x)
     assert pruner.graph.gm.meta.get('concrete_trace')
     # the user is told the graph follows this input's shape
-    assert 'traced with the example input [(1, 3, 10, 10)]' in \
-        capsys.readouterr().out
+    assert any('traced with the example input [(1, 3, 10, 10)]' in m
+               for m in logged), logged
     with torch.no_grad():
         assert small(x).shape == (1, 10)
     assert ratio <= 0.75, ratio
