@@ -2,7 +2,10 @@
 
 Every component that needs a graph (channel analysis, FLOPs counting,
 sparsity layer selection, fusion) calls :func:`trace_model`; nothing else in
-the code base creates an ``torch.fx.Tracer``.
+the code base creates a ``torch.fx.Tracer``. :func:`trace_model` itself
+falls back to :class:`~.concrete_tracer.ConcreteTracer` (this module's
+:class:`LeafTracer`, run alongside the example input) when the symbolic
+trace fails.
 """
 from __future__ import annotations
 
