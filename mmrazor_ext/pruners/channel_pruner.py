@@ -462,6 +462,11 @@ class ChannelPruner:
         print_log(f"export: max abs diff {report['max_abs_diff']:.3g} "
                   f"(relative {report['rel_diff']:.3g}{f64}) vs masked model",
                   logger='current')
+        if report['vacuous']:
+            print_log('export: the masked model outputs only zeros on the '
+                      'check inputs (a zero-initialised head?), so this '
+                      'comparison cannot detect a wrongly sliced layer',
+                      logger='current', level=logging.WARNING)
         if not report['ok']:
             raise ExportError(
                 f"exported model differs from the masked model: max abs "

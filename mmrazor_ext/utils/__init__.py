@@ -4,10 +4,10 @@ Nothing here imports another ``mmrazor_ext`` package.
 """
 from .evaluation import evaluate_top1, recalibrate_bn, to_tensors
 from .io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
-from .model import unwrap_model
+from .model import perturb_parameters, unwrap_model
 
 __all__ = [
     'atomic_write', 'atomic_write_text', 'atomic_write_json',
-    'atomic_torch_save', 'unwrap_model', 'evaluate_top1', 'recalibrate_bn',
-    'to_tensors'
+    'atomic_torch_save', 'unwrap_model', 'perturb_parameters',
+    'evaluate_top1', 'recalibrate_bn', 'to_tensors'
 ]

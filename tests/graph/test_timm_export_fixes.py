@@ -142,3 +142,33 @@ def test_timm_models_prune_and_export(name, size, kwargs):
     ratio = get_model_complexity(small, x)['flops'] / \
         get_model_complexity(model, x)['flops']
     assert ratio <= 0.75, (name, ratio)
+
+
+def test_an_all_zero_output_makes_the_export_check_vacuous(monkeypatch):
+    """A zero-initialised head outputs zeros whatever the slices: the check
+    says so (report and warning) instead of passing silently."""
+    import mmrazor_ext.pruners.channel_pruner as cp
+    from mmrazor_ext.pruners import ChannelPruner
+    from mmrazor_ext.utils import perturb_parameters
+
+    def net():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4))
+        nn.init.zeros_(m[6].weight)
+        nn.init.zeros_(m[6].bias)
+        return m.eval()
+
+    logged = []
+    monkeypatch.setattr(cp, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
+    for model, vacuous in ((net(), True), (perturb_parameters(net()), False)):
+        logged.clear()
+        pruner = ChannelPruner(model, torch.randn(1, 3, 8, 8))
+        pruner.set_subnet(pruner.sample_subnet_uniform(
+            0.5, pruner.get_metric_local('l1')))
+        pruner.export()
+        assert pruner.last_export_report['vacuous'] is vacuous
+        assert any('cannot detect' in m for m in logged) is vacuous

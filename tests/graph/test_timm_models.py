@@ -7,6 +7,7 @@ import torch
 
 from helpers.models import prune_half, randomise
 from mmrazor_ext.pruners import ChannelPruner
+from mmrazor_ext.utils import perturb_parameters
 
 timm = pytest.importorskip('timm')
 
@@ -105,16 +106,6 @@ MORE_CASES = [('resmlp_12_224', 32, {'img_size': 32}),
               ('vgg11', 32, {'mlp_ratio': 0.0625})]
 
 
-def _perturb(model, seed=0):
-    """Every parameter moved off its init (zero heads, unit layer scales
-    and affines would hide a wrongly sliced tensor from the comparison)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name,size,kwargs', MORE_CASES,
                          ids=[c[0] for c in MORE_CASES])
@@ -123,7 +114,7 @@ def test_more_timm_families_prune_and_export(name, size, kwargs):
     # traceable_view registers them on first use, in the pruner and in the
     # FLOPs counter alike
     torch.manual_seed(0)
-    model = _perturb(randomise(timm.create_model(
+    model = perturb_parameters(randomise(timm.create_model(
         name, pretrained=False, num_classes=10, **kwargs)))
     x = torch.randn(1, 3, size, size)
     _, small, ratio = prune_half(model, x)

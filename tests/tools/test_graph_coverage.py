@@ -94,3 +94,28 @@ def test_outcomes_and_size_order():
         ['convnext_atto', 'convnext_tiny']
     assert sorted(['resnet50', 'resnet18'],
                   key=graph_coverage.size_key)[0] == 'resnet18'
+
+
+class _ZeroHead(torch.nn.Module):
+    """Prunable convs, a zero-initialised head (timm's Hiera, MLP-Mixer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3)
+        self.c2 = torch.nn.Conv2d(16, 16, 3)
+        self.fc = torch.nn.Linear(16, 4)
+        torch.nn.init.zeros_(self.fc.weight)
+        torch.nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(self.c2(self.c1(x).relu()).relu().mean((2, 3)))
+
+
+def test_zero_head_is_perturbed_so_the_check_compares_something(monkeypatch):
+    monkeypatch.setattr(graph_coverage, 'build_timm',
+                        lambda name: (_ZeroHead(), torch.randn(1, 3, 8, 8)))
+    row = graph_coverage.check_model('zero_head', zoo='timm')
+    assert row['outcome'] == 'pruned' and row['vacuous'] is False, row
+    # a check that compared only zeros is its own outcome, never 'pruned'
+    assert graph_coverage.outcome_of(dict(row, vacuous=True)) == \
+        'vacuous check'
