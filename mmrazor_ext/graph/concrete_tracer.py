@@ -221,7 +221,8 @@ class ConcreteTracer(LeafTracer):
 
 def concrete_trace(root: nn.Module, example_inputs: Sequence[Any],
                    leaf_classes: tuple[type, ...], leaf_names: frozenset[str],
-                   concrete_args: dict[str, Any] | None) -> fx.Graph:
+                   concrete_args: dict[str, Any] | None
+                   ) -> tuple[ConcreteTracer, fx.Graph]:
     """Trace ``root`` with :class:`ConcreteTracer`; the module's buffers and
     the global RNG are as before (a train-mode BN or dropout runs along).
 
