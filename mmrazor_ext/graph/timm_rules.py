@@ -52,7 +52,6 @@ import importlib.util
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layer_kinds import (
@@ -111,35 +110,23 @@ def _ln_rule(dim):
     return rule
 
 
-def _export_ln(m, in_idx, out_idx):
+def _export_norm(m, in_idx, out_idx):
+    """Slice a per-channel norm's affine tensors (and its
+    ``normalized_shape``, where it has one) to the kept channels."""
     if out_idx is None:
         return
     slice_attr(m, 'weight', 0, out_idx)
     slice_attr(m, 'bias', 0, out_idx)
-    m.normalized_shape = (out_idx.numel(),)
-
-
-def _ln_kept(dim):
-    def masked_output(m, x, out, keep):
-        """What the sliced layer computes, scattered back (zeros
-        elsewhere)."""
-        w = m.weight[keep] if m.weight is not None else None
-        b = m.bias[keep] if m.bias is not None else None
-        xs = x.index_select(dim, keep)
-        if dim == 1:
-            xs = xs.movedim(1, -1)
-        y = F.layer_norm(xs, (keep.numel(),), w, b, m.eps)
-        if dim == 1:
-            y = y.movedim(-1, 1)
-        y = _post(m, y)
-        return out.new_zeros(out.shape).index_copy(dim, keep, y)
-    return masked_output
+    if hasattr(m, 'normalized_shape'):
+        m.normalized_shape = (out_idx.numel(),)
 
 
 def _forward_kept(dim: int | None):
     def masked_output(m, x, out, keep):
         """The module's own forward at the kept width on the kept channels
-        (RMS norms, GRN: statistics over the channels that remain),
+        (layer / RMS norms, GRN: statistics over the channels that remain;
+        the module's drop / activation included: what the sliced layer
+        computes),
         scattered back (zeros elsewhere); ``dim`` ``None``: the module's
         ``channel_dim``."""
         d = m.channel_dim if dim is None else dim
@@ -171,12 +158,6 @@ def _grn_rule(kind, ctx, m, args, kwargs, sargs, skwargs, out):
     slots = channel_slots(ctx.union, s, dim, m.weight.numel())
     kind.add_member(ctx, out_slots=slots)
     return _channels_on(slots, out, dim)
-
-
-def _export_grn(m, in_idx, out_idx):
-    if out_idx is not None:
-        slice_attr(m, 'weight', 0, out_idx)
-        slice_attr(m, 'bias', 0, out_idx)
 
 
 def _with_post(kept):
@@ -220,24 +201,24 @@ def register_timm_rules() -> bool:
     gn = _classes(tl, ('GroupNorm', 'GroupNorm1', 'GroupNormAct',
                        'GroupNorm1Act'))
     for kind in (
-            LayerKind('timm_ln', ln_last, _ln_rule(-1), _export_ln,
+            LayerKind('timm_ln', ln_last, _ln_rule(-1), _export_norm,
                       in_dim=-1, out_dim=-1, macs=affine_norm_macs,
-                      masked_output=_ln_kept(-1)),
-            LayerKind('timm_ln2d', ln_2d, _ln_rule(1), _export_ln,
-                      macs=affine_norm_macs, masked_output=_ln_kept(1)),
+                      masked_output=_forward_kept(-1)),
+            LayerKind('timm_ln2d', ln_2d, _ln_rule(1), _export_norm,
+                      macs=affine_norm_macs, masked_output=_forward_kept(1)),
             LayerKind('timm_rms', _classes(tl, (
                 'RmsNorm', 'RmsNormAct', 'RmsNormFp32', 'RmsNormActFp32',
-                'SimpleNorm', 'SimpleNormFp32')), _ln_rule(-1), _export_ln,
+                'SimpleNorm', 'SimpleNormFp32')), _ln_rule(-1), _export_norm,
                 in_dim=-1, out_dim=-1, macs=affine_norm_macs,
                 masked_output=_forward_kept(-1)),
             LayerKind('timm_rms2d', _classes(tl, (
                 'RmsNorm2d', 'RmsNormAct2d', 'RmsNorm2dFp32',
                 'RmsNormAct2dFp32', 'SimpleNorm2d', 'SimpleNorm2dFp32')),
-                _ln_rule(1), _export_ln, macs=affine_norm_macs,
+                _ln_rule(1), _export_norm, macs=affine_norm_macs,
                 masked_output=_forward_kept(1)),
             LayerKind('timm_grn', _classes(importlib.import_module(
                 'timm.layers.grn'), ('GlobalResponseNorm',)), _grn_rule,
-                _export_grn, in_dim=-1, out_dim=-1, macs=affine_norm_macs,
+                _export_norm, in_dim=-1, out_dim=-1, macs=affine_norm_macs,
                 masked_output=_forward_kept(None)),
             # torch's GroupNorm kind (one group: free channels), plus the
             # module's own drop / activation in masked mode
