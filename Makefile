@@ -8,7 +8,7 @@ DATA_STAMP := data/fashion_mnist/.prepared
 # pytest-xdist workers; 2 matches the 2-core CI machine.
 JOBS ?= 2
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test lint clean det
 
 setup: $(STAMP) $(DATA_STAMP)
 
@@ -26,6 +26,12 @@ data: $(DATA_STAMP)
 
 demo: setup
 	$(PY) tools/demo.py
+
+# Optional [det] extra: mmdet 3.3 + mmcv 2.1 ops built for this torch
+# (30-45 min the first time; the wheel is kept in work_dirs/wheels/).
+# tests/graph/test_mmdet_pruning.py runs once it is installed.
+det: $(STAMP)
+	PY=$(PY) bash tools/setup/install_det.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

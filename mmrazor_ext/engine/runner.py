@@ -10,10 +10,11 @@ Differences from ``mmengine.runner.Runner``:
   resume yet; the log says which file is used. (mmengine resumes *from*
   ``load_from``, so ``--resume`` with a dense ``load_from`` silently
   "resumed epoch 3" of another run.)
-* **Strict load_from.** ``load_from`` (and ``tools/test.py``) loads with
-  :func:`~mmrazor_ext.engine.checkpoint.load_model_state`: a checkpoint that
-  does not fit the model is an error listing the mismatches, unless
-  ``load_strict=False`` (``--non-strict``).
+* **Strict loading.** ``load_from``, ``resume`` (and ``tools/test.py``)
+  load with :func:`~mmrazor_ext.engine.checkpoint.load_model_state`: a
+  checkpoint that does not fit the model is an error listing the
+  mismatches, unless ``load_strict=False`` (``--non-strict``). (mmengine
+  resumes leniently: a wrong file continued with warnings.)
 * **Bit-exact resume.** The training loader is made resumable
   (:mod:`mmrazor_ext.engine.loops.resumable_loop`: per-sample seeds, batch skipping),
   epoch loops can resume inside an epoch, and
@@ -120,7 +121,7 @@ class Runner(_Runner):
                 sampler.sampler.seed = int(self.seed)
 
     def load_checkpoint(self, filename: str, map_location='cpu',
-                        strict: bool = False,
+                        strict: bool | None = None,
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006
         """Load ``filename`` with the safe loader into the model.
 
@@ -128,10 +129,13 @@ class Runner(_Runner):
             filename: Path or URL (any scheme of :func:`safe_load`).
             map_location: As for ``torch.load``.
             strict: Require an exact fit (a mismatch is an error listing
-                the keys); False keeps mmengine's warnings (used by resume,
-                where algorithms may rebuild structure from extra state).
+                the keys); False keeps mmengine's warnings. ``None`` (what
+                mmengine's ``resume`` passes): the config's ``load_strict``
+                (default True) while resuming, else False.
             revise_keys: ``(pattern, replacement)`` pairs for the keys.
         """
+        if strict is None:
+            strict = self.load_strict if self._resuming else False
         checkpoint = safe_load(filename, map_location=map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         load_model_state(unwrap_model(self.model), checkpoint, filename,

@@ -45,7 +45,7 @@ from .layer_kinds import (
     register_layer_kind,
     slice_attr,
 )
-from .rules import register_function_rule
+from .rules import SizeSite, register_function_rule
 from .slots import compress, fixed_like, varying_dims
 
 __all__ = ['TraceableView', 'register_traceable_view', 'traceable_view',
@@ -115,6 +115,9 @@ def traceable_view(model: nn.Module) -> nn.Module:
     if 'timm' in sys.modules:  # timm's views register with its rules
         from .timm_rules import register_timm_rules
         register_timm_rules()
+    if 'mmdet' in sys.modules:  # mmdet's detectors (the [det] extra)
+        from .mmdet_views import register_mmdet_views
+        register_mmdet_views()
     factory = next((TRACEABLE_VIEWS[c] for c in type(model).__mro__
                     if c in TRACEABLE_VIEWS), None)
     if factory is None:
@@ -155,13 +158,20 @@ class DenseHeadView(TraceableView):
 
 @torch.fx.wrap
 def fixed_roi_align(feature: torch.Tensor, output_size: tuple[int, int],
-                    sampling_ratio: int) -> torch.Tensor:
+                    sampling_ratio: int, channels_attr: str | None = None
+                    ) -> torch.Tensor:
     """RoIAlign of five fixed boxes per image: the whole map and its four
     quadrants, in feature-map coordinates.
 
     One FX node (``torch.fx.wrap``) whose channel rule is a per-channel
     pass-through; it stands in for the proposal-dependent pooler of a
     two-stage detector.
+
+    Args:
+        channels_attr: ``'module.path:attr'``, an int attribute of the
+            detector that holds the pooled channel count (mmdet's
+            ``SingleRoIExtractor.out_channels``): export sets it to the
+            kept count (a size site of the graph).
 
     Returns:
         ``(N * 5, C, *output_size)``.
@@ -184,6 +194,17 @@ def fixed_roi_align_rule(ctx, args, kwargs, sargs, skwargs, out):
     if any(d != 1 for d in varying_dims(s)):
         ctx.union.fix(s)
         return fixed_like(out)
+    attr = args[3] if len(args) > 3 else kwargs.get('channels_attr')
+    sites = getattr(ctx.cg, 'size_sites', None)
+    if attr and sites is not None and varying_dims(s) == [1]:
+        owner, _, name = attr.rpartition(':')
+        slots = s.reshape(-1)
+        key = (owner, (name,))
+        if key in sites:  # one extractor pools every level: one count
+            ctx.union.union_tensors(sites[key].slots, slots)
+        else:
+            sites[key] = SizeSite(owner, (name,), False, (len(slots),),
+                                  slots.clone())
     return s
 
 

@@ -8,13 +8,15 @@ A subnet is ``{space name: bool keep mask}``.
 
 The *divisor* rounds kept channel counts. An int applies to every space
 (1: no rounding). ``'auto'`` chooses it per space from the space's width
-(:data:`AUTO_DIVISOR_RULE`): oneDNN's multi-threaded CPU convolutions work
-on blocks of 8 / 16 channels, so unaligned widths run below their MACs
-(``tools/benchmark/pruning_speed.py``, ResNet-56 at ~2x fewer MACs, 2
-threads: speed-up / MACs reduction 0.58 with divisor 1, 1.00 with 8), while
-rounding a narrow space would leave few widths to choose from (8 / 16 for a
-16-channel space) and rounding 16-channel spaces to 4 did not help when
-measured (1 thread, CPU clock: 0.77 vs 0.94 unrounded).
+(:data:`AUTO_DIVISOR_RULE`): oneDNN's CPU convolutions work on blocks of
+8 / 16 channels, so an unaligned width can cost as much as the next
+aligned one (AVX-512, 16x16 maps: 23 of 32 channels run as slowly as 32),
+while rounding a narrow space would leave few widths to choose from.
+Measured end to end (``tools/benchmark/pruning_speed.py --divisors``,
+ResNet-56 at ~2x fewer MACs, torch 2.14.1), the rounding alone does not
+change speed-up / MACs reduction (2 threads: 0.72 with 1 and 8, 0.70 with
+16); which spaces are cut matters more (README, "Widths and latency
+targets"), so the default is 1.
 """
 from __future__ import annotations
 

@@ -134,3 +134,32 @@ def test_resume_kill_before_first_checkpoint(resume_env):
     proc = _run(resume_env, BASELINE, wd, '--resume')
     assert 'starting from scratch' in proc.stdout + proc.stderr
     _assert_bit_exact(resume_env, wd / 'epoch_2.pth')
+
+
+def test_resume_from_a_checkpoint_that_does_not_fit_is_an_error(resume_env):
+    """``--resume`` loads as strictly as ``load_from``: a checkpoint whose
+    weights do not fit the model (here one tensor of another shape, one
+    missing) stops the run naming them, before any step; ``--non-strict``
+    still resumes the matching part, with mmengine's warnings."""
+    state = safe_load(str(resume_env.tmp / 'straight' / 'epoch_1.pth'))
+    sd = state['state_dict']
+    key = next(k for k, v in sd.items() if v.dim() == 4)
+    sd[key] = torch.zeros(sd[key].shape[0] + 1, *sd[key].shape[1:])
+    gone = next(k for k in sd if k.endswith('running_var'))
+    del sd[gone]
+    bad = resume_env.tmp / 'doctored.pth'
+    torch.save(state, bad)
+    wd = resume_env.tmp / 'flow5'
+    args = [PY, 'tools/train.py', BASELINE, '--work-dir', str(wd),
+            '--resume', str(bad), '--cfg-options', *resume_env.opts, *W0]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ,
+                                                OMP_NUM_THREADS='1'))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'CheckpointMismatchError' in log
+    assert key.split('.', 1)[-1] in log and gone.split('.', 1)[-1] in log
+    assert not list(wd.glob('*.pth'))  # nothing trained, nothing saved
+    proc = _run(resume_env, BASELINE, resume_env.tmp / 'flow6', '--resume',
+                str(bad), '--non-strict', opts=W0)
+    assert 'resumed epoch: 1, iter: 8' in proc.stdout + proc.stderr

@@ -293,11 +293,10 @@ def main(argv=None) -> int:
     p.add_argument('--flops-ratio', type=float, default=0.5,
                    help='kept FLOPs fraction (0.5 = 2x fewer MACs)')
     p.add_argument('--mode', default='uniform', choices=['uniform', 'global'])
-    # oneDNN's CPU convolutions work on 8/16-channel blocks: unaligned
-    # widths run far below their FLOPs (measured on ResNet-56: speed-up /
-    # FLOPs reduction 0.58 with divisor 1, 1.00 with divisor 8).
-    # 'auto' (the pruner's default): 8 for spaces of >= 32 channels, 4 for
-    # >= 16, else 1 (mmrazor_ext.pruners.sampling.AUTO_DIVISOR_RULE)
+    # oneDNN's CPU convolutions work on 8/16-channel blocks; this
+    # benchmark's single-model mode rounds to 8 ('auto': 8 for spaces of
+    # >= 32 channels, mmrazor_ext.pruners.sampling.AUTO_DIVISOR_RULE;
+    # --divisors compares them side by side)
     p.add_argument('--divisor', type=_divisor, default=8)
     p.add_argument('--divisors', nargs='+', type=_divisor, default=None,
                    metavar='D', help="compare these divisors (int or "
