@@ -27,6 +27,8 @@ only when ``mmdet`` is in ``sys.modules``.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -39,7 +41,6 @@ from .detection_rules import (
 __all__ = ['MMDetSingleStageView', 'MMDetTwoStageView',
            'register_mmdet_views']
 
-_DONE = False
 # FX records wrapped functions per module namespace: one node here too
 torch.fx.wrap('fixed_roi_align')
 
@@ -135,18 +136,15 @@ class MMDetTwoStageView(TraceableView):
         return tuple(outs)
 
 
+@functools.cache
 def register_mmdet_views() -> bool:
     """Register the views above for mmdet's detector base classes (once;
     ``False`` when mmdet cannot be imported)."""
-    global _DONE
-    if _DONE:
-        return True
     try:
         from mmdet.models.detectors.single_stage import SingleStageDetector
         from mmdet.models.detectors.two_stage import TwoStageDetector
     except ImportError:
         return False
-    _DONE = True
     register_traceable_view(SingleStageDetector, MMDetSingleStageView)
     register_traceable_view(TwoStageDetector, MMDetTwoStageView)
     return True

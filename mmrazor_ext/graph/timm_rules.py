@@ -47,6 +47,7 @@ are plain compositions and are traced through; the layers below need more:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import replace
@@ -69,7 +70,6 @@ from .slots import channel_slots, compress, fixed_like
 
 __all__ = ['register_timm_rules', 'timm_available']
 
-_DONE = False
 
 
 def timm_available() -> bool:
@@ -173,20 +173,17 @@ def _classes(module, names) -> tuple[type, ...]:
     return tuple(getattr(module, n) for n in names if hasattr(module, n))
 
 
+@functools.cache
 def register_timm_rules() -> bool:
     """Register the rules and layer kinds of timm's layers (once).
 
     Returns:
         Whether timm is available (and the rules registered).
     """
-    global _DONE
-    if _DONE:
-        return True
     try:
         import timm.layers as tl
     except ImportError:
         return False
-    _DONE = True
     from .timm_views import register_timm_views
     register_timm_views()
     # plain subclasses (timm's Linear only casts the weight to the input

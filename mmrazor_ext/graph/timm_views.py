@@ -24,6 +24,8 @@ model's own layers. Eager outputs of a twin equal the block's.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -188,15 +190,12 @@ def timm_view(model: nn.Module) -> nn.Module:
     return root
 
 
-_DONE = False
 
 
+@functools.cache
 def register_timm_views() -> bool:
     """Register the twins and the views of the timm model classes that
     hold such blocks (once; ``False`` without timm)."""
-    global _DONE
-    if _DONE:
-        return True
     try:
         from timm.layers.selective_kernel import SelectiveKernel
         from timm.models.byobnet import ByobNet
@@ -205,7 +204,6 @@ def register_timm_views() -> bool:
         from timm.models.vgg import VGG, ConvMlp
     except ImportError:
         return False
-    _DONE = True
     TWINS[ConvMlp] = _twin_class(ConvMlp, _conv_mlp_forward)
     TWINS[MobileVitBlock] = _twin_class(MobileVitBlock,
                                         _mobilevit_block_forward)
