@@ -28,7 +28,7 @@ demo: setup
 	$(PY) tools/demo.py
 
 # Optional [det] extra: mmdet 3.3 + mmcv 2.1 ops built for this torch
-# (30-45 min the first time; the wheel is kept in work_dirs/wheels/).
+# (10-15 min the first time; the wheel is kept in work_dirs/wheels/).
 # tests/graph/test_mmdet_pruning.py runs once it is installed.
 det: $(STAMP)
 	PY=$(PY) bash tools/setup/install_det.sh

@@ -6,7 +6,7 @@
 # which this torch's headers refuse (they need C++20). This script builds
 # the sdist's CPU ops with -std=c++20 (the only change), keeps the wheel in
 # work_dirs/wheels/ (a rerun installs it in seconds), replaces mmcv-lite
-# with it and installs mmdet. The first build takes 30-45 min on 2 cores.
+# with it and installs mmdet. The first build takes 10-15 min on 2 cores.
 #
 # Usage: bash tools/setup/install_det.sh   (or: make det)
 set -euo pipefail
@@ -37,7 +37,7 @@ if [ -z "$wheel" ]; then
     tar -xzf "$src/mmcv-$MMCV.tar.gz" -C "$src"
     sed -i 's/-std=c++14/-std=c++20/g; s/-std=c++17/-std=c++20/g' \
         "$src/mmcv-$MMCV/setup.py"
-    echo "[install_det] building mmcv $MMCV ops (CPU, C++20): 30-45 min"
+    echo "[install_det] building mmcv $MMCV ops (CPU, C++20): 10-15 min on 2 cores"
     (cd "$src/mmcv-$MMCV" && MMCV_WITH_OPS=1 FORCE_CUDA=0 \
         MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip wheel . \
         --no-deps --no-build-isolation -w "$WHEELS")
