@@ -45,10 +45,9 @@ __all__ = ['MMDetSingleStageView', 'MMDetTwoStageView',
 torch.fx.wrap('fixed_roi_align')
 
 
-class MMDetSingleStageView(TraceableView):
-    """``bbox_head(neck(backbone(images)))`` of an mmdet one-stage
-    detector: the head's outputs as its ``forward`` returns them (tuples of
-    per-level lists), before decoding."""
+class _MMDetView(TraceableView):
+    """The detector's ``backbone`` (and ``neck``); :meth:`features` runs
+    them as mmdet's ``extract_feat`` does."""
 
     def __init__(self, det: nn.Module):
         super().__init__()
@@ -56,13 +55,23 @@ class MMDetSingleStageView(TraceableView):
         self.with_neck = getattr(det, 'with_neck', False)
         if self.with_neck:
             self.attach(det, 'neck')
+
+    def features(self, images: torch.Tensor):
+        x = self.backbone(images)
+        return self.neck(x) if self.with_neck else x
+
+
+class MMDetSingleStageView(_MMDetView):
+    """``bbox_head(neck(backbone(images)))`` of an mmdet one-stage
+    detector: the head's outputs as its ``forward`` returns them (tuples of
+    per-level lists), before decoding."""
+
+    def __init__(self, det: nn.Module):
+        super().__init__(det)
         self.attach(det, 'bbox_head')
 
     def forward(self, images: torch.Tensor):
-        x = self.backbone(images)
-        if self.with_neck:
-            x = self.neck(x)
-        return self.bbox_head(x)
+        return self.bbox_head(self.features(images))
 
 
 def _roi_branches(det: nn.Module) -> list[tuple[str, str]]:
@@ -88,7 +97,7 @@ def _roi_branches(det: nn.Module) -> list[tuple[str, str]]:
     return found
 
 
-class MMDetTwoStageView(TraceableView):
+class MMDetTwoStageView(_MMDetView):
     """An mmdet two-stage detector's network: the RPN head on every level,
     then each RoI branch on fixed RoIs.
 
@@ -98,11 +107,7 @@ class MMDetTwoStageView(TraceableView):
     """
 
     def __init__(self, det: nn.Module):
-        super().__init__()
-        self.attach(det, 'backbone')
-        self.with_neck = getattr(det, 'with_neck', False)
-        if self.with_neck:
-            self.attach(det, 'neck')
+        super().__init__(det)
         if not getattr(det, 'with_rpn', False):
             raise ValueError(f'{type(det).__name__} has no rpn_head: '
                              'register a traceable view for it')
@@ -123,9 +128,7 @@ class MMDetTwoStageView(TraceableView):
                 f'roi_head.{extractor}:out_channels'))
 
     def forward(self, images: torch.Tensor):
-        x = self.backbone(images)
-        if self.with_neck:
-            x = self.neck(x)
+        x = self.features(images)
         outs = [self.rpn_head(x)]
         for head, levels, size, ratio, attr in self.branches:
             pooled = torch.cat([fixed_roi_align(x[i], size, ratio, attr)

@@ -168,20 +168,29 @@ def prune(det):
     return pruner
 
 
-def test_retinanet_prunes_and_exports_equal_detections():
-    det = build(retinanet())
-    assert isinstance(traceable_view(det), MMDetSingleStageView)
+def prune_sharing(det, view_cls, shared, fixed):
+    """Prune ``det`` (built, checked to get ``view_cls``): the FPN outputs
+    and the ``shared`` (layer, role) pairs are one space, ``fixed`` layers
+    keep their outputs. Returns (pruner, masked predictions, batch)."""
+    assert isinstance(traceable_view(det), view_cls)
     pruner = prune(det)
-    # FPN outputs, the extra P6 / P7 convs and the level-shared head towers
-    # are one space; the head's class / box convs keep their outputs
     fpn_out = space_of(pruner, 'neck.fpn_convs.0.conv')
     assert fpn_out is not None
-    assert fpn_out == space_of(pruner, 'neck.fpn_convs.4.conv') == \
-        space_of(pruner, 'bbox_head.cls_convs.0.conv', 'in') == \
-        space_of(pruner, 'bbox_head.reg_convs.0.conv', 'in')
-    assert space_of(pruner, 'bbox_head.retina_cls') is None
+    assert all(space_of(pruner, *lr) == fpn_out for lr in shared), shared
+    assert all(space_of(pruner, n) is None for n in fixed), fixed
     inputs, samples = batch(det)
-    ref = predict(det, inputs, samples)
+    return pruner, predict(det, inputs, samples), (inputs, samples)
+
+
+def test_retinanet_prunes_and_exports_equal_detections():
+    det = build(retinanet())
+    # FPN outputs, the extra P6 / P7 convs and the level-shared head towers
+    # are one space; the head's class / box convs keep their outputs
+    pruner, ref, (inputs, samples) = prune_sharing(
+        det, MMDetSingleStageView,
+        [('neck.fpn_convs.4.conv', 'out'), ('bbox_head.cls_convs.0.conv', 'in'),
+         ('bbox_head.reg_convs.0.conv', 'in')],
+        ['bbox_head.retina_cls', 'bbox_head.retina_reg'])
     small = pruner.export()
     assert pruner.last_export_report['ok']
     assert small.bbox_head.retina_cls.out_channels == 9 * 4
@@ -196,15 +205,11 @@ def test_retinanet_prunes_and_exports_equal_detections():
 
 def test_faster_rcnn_prunes_and_exports_equal_detections():
     det = build(faster_rcnn())
-    assert isinstance(traceable_view(det), MMDetTwoStageView)
-    pruner = prune(det)
-    fpn_out = space_of(pruner, 'neck.fpn_convs.0.conv')
-    assert fpn_out is not None
-    assert fpn_out == space_of(pruner, 'rpn_head.rpn_conv', 'in') == \
-        space_of(pruner, 'roi_head.bbox_head.shared_fcs.0', 'in')
-    assert space_of(pruner, 'roi_head.bbox_head.fc_cls') is None
-    inputs, samples = batch(det)
-    ref = predict(det, inputs, samples)
+    pruner, ref, (inputs, samples) = prune_sharing(
+        det, MMDetTwoStageView,
+        [('rpn_head.rpn_conv', 'in'), ('roi_head.bbox_head.shared_fcs.0', 'in')],
+        ['roi_head.bbox_head.fc_cls', 'roi_head.bbox_head.fc_reg',
+         'rpn_head.rpn_cls'])
     small = pruner.export()
     assert pruner.last_export_report['ok']
     kept = small.neck.fpn_convs[0].conv.out_channels
