@@ -14,12 +14,19 @@ import torch
 from torch import nn
 
 
-def to_tensors(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) of an mmengine data batch, or a tuple batch as is."""
+def to_tensors(model: nn.Module, batch
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(inputs, labels) of an mmengine data batch, or a tuple batch as is.
+
+    ``labels`` is ``None`` when the data samples carry no class label
+    (``gt_label``): detection samples hold boxes, which only the model's
+    own loss reads."""
     if isinstance(batch, dict):
         data = model.data_preprocessor(batch, False)
-        labels = torch.cat([ds.gt_label.reshape(-1)
-                            for ds in data['data_samples']])
+        samples = data.get('data_samples') or []
+        if not samples or not all(hasattr(ds, 'gt_label') for ds in samples):
+            return data['inputs'], None
+        labels = torch.cat([ds.gt_label.reshape(-1) for ds in samples])
         return data['inputs'], labels
     inputs, labels = batch
     return inputs, labels
@@ -50,6 +57,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable,
         m.momentum = None  # cumulative moving average over the batches
     training = model.training
     model.train()
+    # a model may keep its BNs in eval mode while training (mmdet's
+    # norm_eval): reset without re-estimation would leave mean 0 / var 1
+    for m in bns:
+        m.train()
     used = 0
     try:
         for batch in itertools.islice(batches, num_batches):
@@ -82,6 +93,9 @@ def evaluate_top1(model: nn.Module, batches: Iterable,
     try:
         for batch in itertools.islice(batches, max_batches):
             inputs, labels = to_tensors(model, batch)
+            if labels is None:
+                raise ValueError('evaluate_top1: the batches carry no class '
+                                 'labels (data samples without gt_label)')
             logits = _forward(model, inputs, forward)
             if isinstance(logits, (tuple, list)):
                 logits = logits[-1]
