@@ -64,6 +64,7 @@ from mmrazor_ext.search.latency_objective import (
 from mmrazor_ext.utils.evaluation import (
     evaluate_top1,
     recalibrate_bn,
+    require_labels,
     to_tensors,
 )
 from mmrazor_ext.utils.io import atomic_torch_save
@@ -176,6 +177,7 @@ class AMCPruning(OneShotPruning):
         res = []
         for batch in itertools.islice(loader, skip, skip + num):
             inputs, labels = to_tensors(self, batch)
+            labels = require_labels(labels, 'AMCPruning')
             res.append((inputs.detach(), labels.detach()))
         return res
 

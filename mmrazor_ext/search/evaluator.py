@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from mmrazor_ext.estimators import measure_latency
-from mmrazor_ext.utils.evaluation import evaluate_top1, recalibrate_bn, to_tensors
+from mmrazor_ext.utils.evaluation import (
+    evaluate_top1,
+    recalibrate_bn,
+    require_labels,
+    to_tensors,
+)
 
 __all__ = ['AdaptiveBNEvaluator', 'apply_subnet', 'bn_state', 'load_bn_state',
            'preserve_subnet']
@@ -90,6 +95,7 @@ def _cache(model: nn.Module, batches: Iterable, num: int | None
     with torch.no_grad():
         for batch in itertools.islice(batches, num):
             inputs, labels = to_tensors(model, batch)
+            labels = require_labels(labels, 'AdaptiveBNEvaluator')
             res.append((inputs.detach(), labels.detach()))
     return res
 

@@ -32,6 +32,16 @@ def to_tensors(model: nn.Module, batch
     return inputs, labels
 
 
+def require_labels(labels: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``labels``, or a ValueError naming ``what`` when a batch had none
+    (see :func:`to_tensors`)."""
+    if labels is None:
+        raise ValueError(f'{what}: the batches carry no class labels (data '
+                         'samples without gt_label, e.g. detection); it '
+                         'needs a classification dataset')
+    return labels
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable,
                    num_batches: int = 50,
@@ -93,9 +103,7 @@ def evaluate_top1(model: nn.Module, batches: Iterable,
     try:
         for batch in itertools.islice(batches, max_batches):
             inputs, labels = to_tensors(model, batch)
-            if labels is None:
-                raise ValueError('evaluate_top1: the batches carry no class '
-                                 'labels (data samples without gt_label)')
+            labels = require_labels(labels, 'evaluate_top1')
             logits = _forward(model, inputs, forward)
             if isinstance(logits, (tuple, list)):
                 logits = logits[-1]
