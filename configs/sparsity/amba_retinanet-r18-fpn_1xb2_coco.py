@@ -4,12 +4,13 @@
 # the model's mode='tensor' path) is traced and sparsified; anchors and
 # post-processing are not. MSBench's retinanet-r18 used the same table.
 #
-# Optional mmdet path (needs mmdet + compiled mmcv, see setup.cfg extra
-# `det`): take any mmdet config, e.g. retinanet_r18_fpn_1x_coco.py, and add
+# mmdet path (`make det` installs mmdet + compiled mmcv): take any mmdet
+# config, e.g. mmdet::retinanet/retinanet_r18_fpn_1x_coco.py, and add
 #   custom_hooks = [dict(type='mmrazor_ext.SparsityHook',
 #                        sparsity_config=sparsity_config)]
-# mmdet detectors also expose forward(inputs, data_samples, mode='tensor'),
-# the path the tracer uses.
+# (tests/tools/test_mmdet_configs.py runs exactly that). mmdet detectors
+# also expose forward(inputs, data_samples, mode='tensor'), the path the
+# tracer uses.
 _base_ = [
     '../_base_/datasets/coco_detection_tv_bs2.py',
     '../_base_/default_runtime.py',
