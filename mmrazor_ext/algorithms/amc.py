@@ -64,7 +64,6 @@ from mmrazor_ext.search.latency_objective import (
 from mmrazor_ext.utils.evaluation import (
     evaluate_top1,
     recalibrate_bn,
-    require_labels,
     to_tensors,
 )
 from mmrazor_ext.utils.io import atomic_torch_save
@@ -176,8 +175,7 @@ class AMCPruning(OneShotPruning):
     def _cache(self, loader, skip: int, num: int) -> list:
         res = []
         for batch in itertools.islice(loader, skip, skip + num):
-            inputs, labels = to_tensors(self, batch)
-            labels = require_labels(labels, 'AMCPruning')
+            inputs, labels = to_tensors(self, batch, 'AMCPruning')
             res.append((inputs.detach(), labels.detach()))
         return res
 

@@ -71,7 +71,6 @@ from .slots import channel_slots, compress, fixed_like
 __all__ = ['register_timm_rules', 'timm_available']
 
 
-
 def timm_available() -> bool:
     """Whether timm can be imported."""
     return importlib.util.find_spec('timm') is not None

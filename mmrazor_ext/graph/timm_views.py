@@ -190,8 +190,6 @@ def timm_view(model: nn.Module) -> nn.Module:
     return root
 
 
-
-
 @functools.cache
 def register_timm_views() -> bool:
     """Register the twins and the views of the timm model classes that

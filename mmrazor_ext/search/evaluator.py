@@ -28,7 +28,6 @@ from mmrazor_ext.estimators import measure_latency
 from mmrazor_ext.utils.evaluation import (
     evaluate_top1,
     recalibrate_bn,
-    require_labels,
     to_tensors,
 )
 
@@ -94,8 +93,7 @@ def _cache(model: nn.Module, batches: Iterable, num: int | None
     res = []
     with torch.no_grad():
         for batch in itertools.islice(batches, num):
-            inputs, labels = to_tensors(model, batch)
-            labels = require_labels(labels, 'AdaptiveBNEvaluator')
+            inputs, labels = to_tensors(model, batch, 'AdaptiveBNEvaluator')
             res.append((inputs.detach(), labels.detach()))
     return res
 

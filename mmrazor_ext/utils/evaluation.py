@@ -14,32 +14,27 @@ import torch
 from torch import nn
 
 
-def to_tensors(model: nn.Module, batch
+def to_tensors(model: nn.Module, batch, need_labels: str | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(inputs, labels) of an mmengine data batch, or a tuple batch as is.
 
     ``labels`` is ``None`` when the data samples carry no class label
     (``gt_label``): detection samples hold boxes, which only the model's
-    own loss reads."""
+    own loss reads. ``need_labels`` names a caller that needs them: then a
+    batch without labels is a ValueError naming it."""
+    labels = None
     if isinstance(batch, dict):
         data = model.data_preprocessor(batch, False)
-        samples = data.get('data_samples') or []
-        if not samples or not all(hasattr(ds, 'gt_label') for ds in samples):
-            return data['inputs'], None
-        labels = torch.cat([ds.gt_label.reshape(-1) for ds in samples])
-        return data['inputs'], labels
-    inputs, labels = batch
+        inputs, samples = data['inputs'], data.get('data_samples') or []
+        if samples and all(hasattr(ds, 'gt_label') for ds in samples):
+            labels = torch.cat([ds.gt_label.reshape(-1) for ds in samples])
+    else:
+        inputs, labels = batch
+    if labels is None and need_labels:
+        raise ValueError(f'{need_labels}: the batches carry no class labels '
+                         '(data samples without gt_label, e.g. detection); '
+                         'it needs a classification dataset')
     return inputs, labels
-
-
-def require_labels(labels: torch.Tensor | None, what: str) -> torch.Tensor:
-    """``labels``, or a ValueError naming ``what`` when a batch had none
-    (see :func:`to_tensors`)."""
-    if labels is None:
-        raise ValueError(f'{what}: the batches carry no class labels (data '
-                         'samples without gt_label, e.g. detection); it '
-                         'needs a classification dataset')
-    return labels
 
 
 @torch.no_grad()
@@ -102,8 +97,7 @@ def evaluate_top1(model: nn.Module, batches: Iterable,
     correct = total = 0
     try:
         for batch in itertools.islice(batches, max_batches):
-            inputs, labels = to_tensors(model, batch)
-            labels = require_labels(labels, 'evaluate_top1')
+            inputs, labels = to_tensors(model, batch, 'evaluate_top1')
             logits = _forward(model, inputs, forward)
             if isinstance(logits, (tuple, list)):
                 logits = logits[-1]
