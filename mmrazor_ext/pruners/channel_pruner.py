@@ -58,13 +58,13 @@ class ChannelPruner:
             ``torch.randn(1, 3, 32, 32)``.
         ignore_layers: Layer names / prefixes / globs whose output channels
             are never pruned (network outputs are never pruned anyway).
-        divisor: Kept channel counts are rounded to multiples of this
-            (e.g. 8 for hardware-friendly widths; 1, the default: no
-            rounding), or ``'auto'``: 8 for spaces of >= 32 channels, else
-            1 (:data:`~.sampling.AUTO_DIVISOR_RULE`; see
-            :meth:`divisor_of`). The default stays 1: measured here,
-            rounding alone did not raise speed-up / MACs reduction (see
-            the README, "Widths and latency targets").
+        divisor: ``'auto'`` (default): kept channel counts are multiples
+            of 16 in spaces of >= 64 channels, of 8 in spaces of >= 32,
+            free below (:data:`~.sampling.AUTO_DIVISOR_RULE`,
+            :meth:`divisor_of`), widths that CPU and GPU kernels run
+            without padding; an int rounds every space alike (1: no
+            rounding, the exact counts of the seed's ratios). Measured in
+            the README, "Widths and latency targets".
         round_to: Alias of ``divisor``.
         min_channels: Minimum units kept per space.
         leaf_modules: Extra leaf modules for the tracer.
@@ -79,7 +79,7 @@ class ChannelPruner:
     def __init__(self, model: nn.Module,
                  example_inputs: torch.Tensor | Sequence[torch.Tensor],
                  ignore_layers: Iterable[str] = (),
-                 divisor: int | str = 1,
+                 divisor: int | str = 'auto',
                  round_to: int | None = None, min_channels: int = 1,
                  leaf_modules: Iterable[type | str] = (),
                  trace_train: bool = True):

@@ -7,16 +7,17 @@ ratio* the fraction kept (``1 - prune ratio``). A MACs target
 A subnet is ``{space name: bool keep mask}``.
 
 The *divisor* rounds kept channel counts. An int applies to every space
-(1: no rounding). ``'auto'`` chooses it per space from the space's width
+(1: no rounding, the seed's exact ratios). ``'auto'``, the pruner's
+default, chooses it per space from the space's width
 (:data:`AUTO_DIVISOR_RULE`): oneDNN's CPU convolutions work on blocks of
-8 / 16 channels, so an unaligned width can cost as much as the next
-aligned one (AVX-512, 16x16 maps: 23 of 32 channels run as slowly as 32),
-while rounding a narrow space would leave few widths to choose from.
-Measured end to end (``tools/benchmark/pruning_speed.py --divisors``,
-ResNet-56 at ~2x fewer MACs, torch 2.14.1), the rounding alone does not
-change speed-up / MACs reduction (2 threads: 0.72 with 1 and 8, 0.70 with
-16); which spaces are cut matters more (README, "Widths and latency
-targets"), so the default is 1.
+16 channels (AVX-512; 8 on AVX2), GPU tensor cores on multiples of 8, so
+an unaligned width can cost as much as the next aligned one (AVX-512,
+16x16 maps: 23 of 32 channels run as slowly as 32), while rounding a
+narrow space would leave few widths to choose from. Measured end to end
+(``tools/benchmark/pruning_speed.py --divisors 1 auto``, uniform L1 to 2x
+fewer MACs, batch 64, 2 threads, torch 2.14.1, README "Widths and latency
+targets"), speed-up / MACs reduction with divisor 1 -> ``'auto'``:
+ResNet-50 0.76-0.79 -> 0.83-0.85, ResNet-56 0.57-0.65 -> 0.64-0.70.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ __all__ = ['AUTO_DIVISOR_RULE', 'SubnetSampler', 'check_divisor',
            'check_prune_ratio']
 
 #: ``divisor='auto'``: (minimum channels of a space, divisor) pairs, the
-#: first that fits wins; narrower spaces are not rounded (at least 4 widths
-#: stay selectable in a rounded space).
-AUTO_DIVISOR_RULE: tuple[tuple[int, int], ...] = ((32, 8),)
+#: first that fits wins: 16 where a space has at least 4 multiples of 16,
+#: 8 where it has 4 multiples of 8; narrower spaces are not rounded.
+AUTO_DIVISOR_RULE: tuple[tuple[int, int], ...] = ((64, 16), (32, 8))
 
 
 def check_divisor(value: Any) -> int | str:

@@ -1,5 +1,5 @@
-"""ChannelPruner ``divisor``: int values round as before, ``'auto'`` is
-per space, bad values are named."""
+"""ChannelPruner ``divisor``: ``'auto'`` (the default) is per space, int
+values round every space alike, bad values are named."""
 import pytest
 import torch
 from torch import nn
@@ -22,14 +22,13 @@ def _resnet20():
     return CifarResNet(20).eval(), torch.randn(1, 3, 32, 32)
 
 
-def test_default_is_one_and_auto_is_per_space():
+def test_default_is_auto_per_space():
     model, x = _resnet20()
-    assert ChannelPruner(model, x).divisor == 1
-    pruner = ChannelPruner(model, x, divisor='auto')
+    pruner = ChannelPruner(model, x)
     assert pruner.divisor == 'auto'
     widths = {n: s.num_channels for n, s in pruner.channel_spaces.items()}
     assert set(widths.values()) == {16, 32, 64}
-    expect = {16: 1, 32: 8, 64: 8}
+    expect = {16: 1, 32: 8, 64: 16}
     for name, n in widths.items():
         assert pruner.divisor_of(name) == expect[n], name
     # every kept count is a multiple of its space's divisor
@@ -46,14 +45,18 @@ def test_default_is_one_and_auto_is_per_space():
 
 def test_auto_rule_values():
     s = SubnetSampler({}, 'auto')
-    assert AUTO_DIVISOR_RULE == ((32, 8),)
+    # 16 / 8 where the space keeps at least 4 multiples of it
+    assert AUTO_DIVISOR_RULE == ((64, 16), (32, 8))
     for n, div in [(3, 1), (8, 1), (15, 1), (16, 1), (24, 1), (31, 1),
-                   (32, 8), (64, 8), (2048, 8)]:
+                   (32, 8), (48, 8), (63, 8), (64, 16), (2048, 16)]:
         assert s.divisor_of(_Space(n)) == div, n
     # a grouped space: width counts channels, the step counts units
     g = _Space(16, unit_size=4)   # 64 channels in groups of 4
+    assert s.divisor_of(g) == 16 and s.step(g) == 4
+    g = _Space(12, unit_size=4)   # 48 channels in groups of 4
     assert s.divisor_of(g) == 8 and s.step(g) == 2
     assert s.round_keep(_Space(32), 13) == 16
+    assert s.round_keep(_Space(64), 45) == 48
     assert s.round_keep(_Space(16), 5) == 5
     assert s.round_keep(_Space(10), 7) == 7  # not rounded
 
@@ -114,7 +117,7 @@ def test_greedy_and_sensitivity_use_per_space_granule():
 
 
 def test_auto_on_a_narrow_net():
-    """Spaces narrower than 32 channels are not rounded under 'auto'."""
+    """Spaces narrower than 32 channels are not rounded by the default."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 12, 3), nn.ReLU(),
                           nn.Conv2d(12, 40, 3), nn.ReLU(),

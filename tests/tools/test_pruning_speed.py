@@ -1,4 +1,4 @@
-"""``tools/benchmark/pruning_speed.py --vs-torch-pruning`` on a tiny model
+"""``tools/benchmark/pruning_speed.py`` on a tiny model
 (structure of the rows and the JSON; no timing assertions)."""
 import json
 import math
@@ -15,7 +15,7 @@ def test_vs_torch_pruning_rows_and_json(tmp_path, capsys):
     out = tmp_path / 'build.json'
     assert tool.main(['--vs-torch-pruning', '--models', 'resnet20',
                       '--rounds', '2', '--threads', '1',
-                      '--out', str(out)]) == 0
+                      '--allocator', 'system', '--out', str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r['model'] for r in rows] == ['resnet20']
     r = rows[0]
@@ -31,7 +31,6 @@ def test_vs_torch_pruning_rows_and_json(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if '.tmp' in p.name]
 
 
-
 def test_vs_torch_pruning_cpu_clock(tmp_path):
     """``--clock cpu`` times process CPU time (a loaded machine) and says
     so in every row."""
@@ -39,8 +38,37 @@ def test_vs_torch_pruning_cpu_clock(tmp_path):
     out = tmp_path / 'build.json'
     assert tool.main(['--vs-torch-pruning', '--models', 'resnet20',
                       '--rounds', '2', '--threads', '1', '--clock', 'cpu',
-                      '--out', str(out)]) == 0
+                      '--allocator', 'system', '--out', str(out)]) == 0
     rows = json.loads(out.read_text())
     assert rows[0]['clock'] == 'cpu'
     assert len(rows[0]['times_s']['ours']) == 2
     assert all(t > 0 for t in rows[0]['times_s']['ours'])
+
+
+def test_fused_variants_time_a_fused_dense_baseline(tmp_path, capsys):
+    """``--divisors ... --fuse-bn`` compares BN-folded pruned models with a
+    BN-folded dense one (it used to time the unfolded dense model), under
+    the allocator setting it prints."""
+    import torch
+    from torch import nn
+
+    from mmrazor_ext.models import CifarResNet
+    tool = load_tool('tools/benchmark/pruning_speed.py')
+    torch.manual_seed(0)
+    model, x = CifarResNet(20).eval(), torch.randn(2, 3, 32, 32)
+    dense = tool.dense_baseline(model, x[:1], fuse_bn=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in dense.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), model(x), rtol=1e-4,
+                                   atol=1e-5)
+    assert tool.dense_baseline(model, x[:1], fuse_bn=False) is model
+    out = tmp_path / 'v.json'
+    assert tool.main(['--models', 'resnet20', '--divisors', '1', 'auto',
+                      '--fuse-bn', '--repeats', '1', '--warmup', '0',
+                      '--batch', '2', '--threads', '1',
+                      '--allocator', 'system', '--out', str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r['variant'] for r in rows] == ['divisor=1', 'divisor=auto']
+    assert all(1.8 < r['flops_reduction'] < 2.2 for r in rows)
+    assert 'allocator: system' in capsys.readouterr().out

@@ -3,7 +3,9 @@
 For every ChannelSpace and ratio in ``--ratios`` the space alone is pruned
 (by ``--metric``, in masked mode), BN statistics are optionally
 recalibrated, and top-1 is measured on ``--val-batches`` validation
-batches. Writes ``sensitivity.csv`` (space, ratio, top1, flops) and
+batches. Ratios are exact channel fractions (``--divisor 1``: a rounded
+width would make neighbouring ratios the same measurement). Writes
+``sensitivity.csv`` (space, ratio, top1, flops) and
 ``sensitivity.png`` (one curve per space) to ``--out-dir``. Useful to pick
 non-uniform ratios (``sample_subnet_nonuni``) or seed a search.
 
@@ -32,6 +34,9 @@ def parse_args(argv=None):
                    help='weight metric used to choose channels')
     p.add_argument('--ratios', type=float, nargs='+',
                    default=[round(0.1 * i, 1) for i in range(1, 10)])
+    p.add_argument('--divisor', default=1,
+                   help="channel divisor of the pruner (int or 'auto'); 1: "
+                   'each ratio removes exactly that fraction')
     p.add_argument('--val-batches', type=int, default=10)
     p.add_argument('--bn-recalib-batches', type=int, default=0,
                    help='training batches for BN recalibration (0: off)')
@@ -47,7 +52,7 @@ def main(argv=None) -> list:
                                 args.val_batches))
     train = list(itertools.islice(build_loader(cfg, 'train', args.batch_size),
                                   args.bn_recalib_batches))
-    pruner = ChannelPruner(model, example)
+    pruner = ChannelPruner(model, example, divisor=args.divisor)
     scores = pruner.get_metric_local(args.metric)
     dense_state = copy.deepcopy(model.state_dict())
     base_top1 = evaluate_top1(model, val)

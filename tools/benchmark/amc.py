@@ -117,7 +117,8 @@ def main(argv=None):
 
     # uniform L1 at the same MACs
     uni = copy.deepcopy(model).eval()
-    pruner = ChannelPruner(uni, torch.randn(1, 1, 28, 28))
+    # divisor=1: free widths, as AMC's own per-layer ratios
+    pruner = ChannelPruner(uni, torch.randn(1, 1, 28, 28), divisor=1)
     density = best['total_macs'] / summary['dense_macs']
     subnet = pruner.sample_subnet_for_flops(
         density, pruner.get_metric_local('l1'), mode='uniform', tol=0.005)

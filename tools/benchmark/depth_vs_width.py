@@ -113,7 +113,7 @@ def prune_width(model, batches, ratio, metric):
     from mmrazor_ext.metrics import FeatureCollector
     from mmrazor_ext.pruners import ChannelPruner
     model = copy.deepcopy(model).eval()
-    pruner = ChannelPruner(model, X1)
+    pruner = ChannelPruner(model, X1, divisor=1)  # README rows: free widths
     contents = None
     if metric == 'cdp':
         col = FeatureCollector(pruner.graph, by='class', num_classes=10)

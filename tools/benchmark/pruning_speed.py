@@ -4,8 +4,11 @@ For each model: build the ChannelPruner (timed), prune to ``--flops-ratio``
 of the FLOPs with L1 scores, export, and time dense vs exported forward
 passes (eval, batch ``--batch``, median of ``--repeats`` after warm-up).
 Dense and pruned runs are interleaved (one forward each, in turn) so that
-background load affects both alike. The last line is *latency speed-up /
-FLOPs reduction* (1.0 = the FLOPs saving fully turns into speed).
+background load affects both alike, and freed memory stays in the process
+(``--allocator retain``) so that glibc's page faults, which follow
+activation bytes rather than MACs, are not timed. The last line is
+*latency speed-up / FLOPs reduction* (1.0 = the FLOPs saving fully turns
+into speed).
 
 ``--divisors 1 8 auto`` and ``--latency-target 0.5`` instead compare
 several pruned variants of each model against the dense one in one
@@ -31,7 +34,7 @@ import time
 
 import torch
 
-from mmrazor_ext.utils import atomic_write_json
+from mmrazor_ext.utils import atomic_write_json, retain_freed_memory
 
 
 def build(name: str, size: int | None):
@@ -59,10 +62,8 @@ def bench(name, args) -> dict:
                                             mode=args.mode)
     pruner.set_subnet(subnet)
     small = pruner.export(fuse_bn=args.fuse_bn)
-    dense = pruner.export(fuse_bn=args.fuse_bn) if args.fuse_bn else None
     pruner.clear_subnet()
-    if dense is None:
-        dense = model
+    dense = dense_baseline(model, x1, args.fuse_bn)
     c0 = get_model_complexity(model, x1)
     c1 = get_model_complexity(small, x1)
     flops_red = c0['flops'] / c1['flops']
@@ -114,6 +115,15 @@ def _interleaved(models: dict, x: torch.Tensor, args) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def dense_baseline(model, x1: torch.Tensor, fuse_bn: bool):
+    """The dense model in the form its pruned variants are timed in:
+    with ``fuse_bn``, BN folded into the convs as export folds it."""
+    if not fuse_bn:
+        return model
+    from mmrazor_ext.pruners import ChannelPruner
+    return ChannelPruner(model, x1).export(fuse_bn=True)
+
+
 def bench_variants(name: str, args) -> list[dict]:
     """Dense vs one pruned model per ``--divisors`` entry (FLOPs target)
     and per ``--latency-target`` (latency keep ratio), timed together."""
@@ -124,7 +134,7 @@ def bench_variants(name: str, args) -> list[dict]:
     model.eval()
     x1 = torch.randn(1, 3, size, size)
     macs0 = get_model_complexity(model, x1)['flops']
-    models, rows = {'dense': model}, {}
+    models, rows = {'dense': dense_baseline(model, x1, args.fuse_bn)}, {}
     plans = [('divisor', d, None) for d in args.divisors or ()] + \
         [('latency', r, m) for r in args.latency_target or ()
          for m in args.latency_sampling]
@@ -293,11 +303,10 @@ def main(argv=None) -> int:
     p.add_argument('--flops-ratio', type=float, default=0.5,
                    help='kept FLOPs fraction (0.5 = 2x fewer MACs)')
     p.add_argument('--mode', default='uniform', choices=['uniform', 'global'])
-    # oneDNN's CPU convolutions work on 8/16-channel blocks; this
-    # benchmark's single-model mode rounds to 8 ('auto': 8 for spaces of
-    # >= 32 channels, mmrazor_ext.pruners.sampling.AUTO_DIVISOR_RULE;
-    # --divisors compares them side by side)
-    p.add_argument('--divisor', type=_divisor, default=8)
+    # the pruner's default ('auto': 16 / 8 by space width,
+    # mmrazor_ext.pruners.sampling.AUTO_DIVISOR_RULE); --divisors compares
+    # several side by side
+    p.add_argument('--divisor', type=_divisor, default='auto')
     p.add_argument('--divisors', nargs='+', type=_divisor, default=None,
                    metavar='D', help="compare these divisors (int or "
                    "'auto') in one interleaved run")
@@ -330,8 +339,17 @@ def main(argv=None) -> int:
                    help='fold BN into convs in both dense and pruned models')
     p.add_argument('--size', nargs='*', default=[], metavar='MODEL=SIZE',
                    help='input size per model (default 32 CIFAR, 224 else)')
+    p.add_argument('--allocator', default='retain',
+                   choices=['retain', 'system'],
+                   help="'retain' (default): keep freed memory in the "
+                   'process, as caching allocators do, so that timings are '
+                   "not page faults (mmrazor_ext.utils.allocator); 'system':"
+                   " the C library's default")
     p.add_argument('--out', help='also write the rows as JSON')
     args = p.parse_args(argv)
+    if args.allocator == 'retain' and not retain_freed_memory():
+        print('allocator: not glibc, left as it is')
+    print(f'allocator: {args.allocator}', flush=True)
     args.size = {k: int(v) for k, v in (s.split('=') for s in args.size)}
     if args.vs_torch_pruning:
         rows = run_vs_torch_pruning(args)

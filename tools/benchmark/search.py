@@ -133,7 +133,7 @@ def main(argv=None):
                                     bn_batches=args.bn_batches,
                                     mode='export'))
 
-    pruner = ChannelPruner(model, X1)
+    pruner = ChannelPruner(model, X1, divisor=1)  # README rows: free widths
     scores = pruner.get_metric_local('l1')
     space = KeepRatioSpace(pruner, scores, ratio_grid(0.3, 1.0, 0.1))
     ev, ev_test = evaluators(model, pruner)
@@ -158,7 +158,7 @@ def main(argv=None):
                 sandwich_train(slim, loader, args.autoslim_epochs,
                                input_shape=X1.shape, lr=0.05, min_ratio=0.3)
             slim.eval()
-            cur_pruner = ChannelPruner(slim, X1)
+            cur_pruner = ChannelPruner(slim, X1, divisor=1)
             sev, cur_ev_test = evaluators(slim, cur_pruner)
             hits = greedy_slim(cur_pruner, sev, [target],
                                step=args.autoslim_step,
