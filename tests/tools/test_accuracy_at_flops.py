@@ -41,3 +41,12 @@ def test_rows_columns_and_resume(tmp_path, tiny_fmnist):
                           '--recon-batches', '1'))
     assert 'kept from' not in proc.stdout
     assert 'another budget' in proc.stdout
+    # Nor does another divisor (the rows are measured with free widths
+    # unless --divisor says otherwise).
+    assert result['budget']['divisor'] == 1
+    proc = run_tool(_args(tiny_fmnist, tmp_path, '--methods', 'uniform_l1',
+                          '--divisor', 'auto'))
+    assert 'kept from' not in proc.stdout
+    assert 'another budget' in proc.stdout
+    final = json.loads((tmp_path / 'accuracy_at_flops.json').read_text())
+    assert final['budget']['divisor'] == 'auto'

@@ -95,9 +95,8 @@ def run_method(method, baseline, calib, train_loader, test_loader, target,
     torch.manual_seed(args.seed)
     metric, sampling, recon = recipe(method, candidate_metric)
     model = copy.deepcopy(baseline).eval()
-    # divisor=1: free widths, the setting of the README rows (and of a
-    # killed run this command continues)
-    pruner = ChannelPruner(model, torch.randn(1, 1, 28, 28), divisor=1)
+    pruner = ChannelPruner(model, torch.randn(1, 1, 28, 28),
+                           divisor=args.divisor)
     scores = scores_of(metric, pruner, model, calib, args.seed)
     if sampling == 'sensitivity':
         subnet, _ = allocate_by_sensitivity(
@@ -191,6 +190,10 @@ def main(argv=None):
     p.add_argument('--sens-step', type=float, default=0.125)
     p.add_argument('--sens-bn-batches', type=int, default=5)
     p.add_argument('--sens-eval-batches', type=int, default=5)
+    # 1 (free widths): the setting of the README rows, not the pruner's
+    # default 'auto'; part of the budget, so a continued run never mixes
+    p.add_argument('--divisor', default=1,
+                   help="pruner divisor (int or 'auto'), default 1")
     p.add_argument('--out-dir', default='work_dirs/benchmark_accuracy_at_flops')
     p.add_argument('--fresh', action='store_true',
                    help='ignore rows finished by an earlier run')
@@ -208,7 +211,8 @@ def main(argv=None):
     budget = {k: getattr(args, k) for k in (
         'depth', 'baseline_epochs', 'finetune_epochs', 'finetune_lr',
         'targets', 'metric_batches', 'recon_batches', 'sens_step',
-        'sens_bn_batches', 'sens_eval_batches', 'candidate_metric', 'seed')}
+        'sens_bn_batches', 'sens_eval_batches', 'candidate_metric', 'seed',
+        'divisor')}
     budget.update(train_samples=len(train_loader.dataset),
                   test_samples=len(test_loader.dataset))
     partial = osp.join(args.out_dir, 'rows_partial.json')
