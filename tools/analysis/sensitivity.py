@@ -24,6 +24,7 @@ from mmrazor_ext.apis.model_loading import (
     build_loader,
     model_tool_parser,
 )
+from mmrazor_ext.pruners.sampling import check_divisor
 from mmrazor_ext.utils.tables import atomic_write_csv
 from mmrazor_ext.visualization.analysis import plot_sensitivity
 
@@ -34,7 +35,7 @@ def parse_args(argv=None):
                    help='weight metric used to choose channels')
     p.add_argument('--ratios', type=float, nargs='+',
                    default=[round(0.1 * i, 1) for i in range(1, 10)])
-    p.add_argument('--divisor', default=1,
+    p.add_argument('--divisor', default=1, type=check_divisor,
                    help="channel divisor of the pruner (int or 'auto'); 1: "
                    'each ratio removes exactly that fraction')
     p.add_argument('--val-batches', type=int, default=10)

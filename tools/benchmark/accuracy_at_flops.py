@@ -44,6 +44,7 @@ from mmrazor_ext.apis.benchmark import (
     top1,
     train_one_cycle,
 )
+from mmrazor_ext.pruners.sampling import check_divisor
 from mmrazor_ext.utils import atomic_write_json, atomic_write_text
 from mmrazor_ext.utils.tables import atomic_write_csv
 
@@ -192,7 +193,7 @@ def main(argv=None):
     p.add_argument('--sens-eval-batches', type=int, default=5)
     # 1 (free widths): the setting of the README rows, not the pruner's
     # default 'auto'; part of the budget, so a continued run never mixes
-    p.add_argument('--divisor', default=1,
+    p.add_argument('--divisor', default=1, type=check_divisor,
                    help="pruner divisor (int or 'auto'), default 1")
     p.add_argument('--out-dir', default='work_dirs/benchmark_accuracy_at_flops')
     p.add_argument('--fresh', action='store_true',
