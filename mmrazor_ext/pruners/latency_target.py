@@ -499,7 +499,9 @@ def sample_subnet_for_latency(pruner, ratio: float | None = None,
         scores: Space scores (higher kept first).
         mode: ``'uniform'`` / ``'global'`` (bisect the prune ratio on the
             estimate, as the MACs target), or ``'efficient'``
-            (:meth:`LatencyModel.efficient_subnet`, ``min_keep`` 0.25).
+            (:meth:`LatencyModel.efficient_subnet`, ``min_keep`` 0.25, or
+            another candidate that keeps more MACs: :func:`_most_macs`;
+            the report's ``candidate`` names the winner).
         ms: Target milliseconds per batch instead of ``ratio``.
         tol: Relative tolerance on the estimated latency keep ratio.
         **options: :class:`LatencyModel` options, ``calibrate``,
@@ -526,11 +528,13 @@ def sample_subnet_for_latency(pruner, ratio: float | None = None,
     if ms is not None:
         ratio = ms / 1e3 / lm.dense_s
 
+    winners: dict[int, str] = {}
+
     def choose(keep):
         if mode == 'efficient':
-            sub = lm.efficient_subnet(pruner.sampler, keep, scores, min_keep)
-            est = lm.estimate(sub) / lm.dense_s
-            return sub, abs(est / keep - 1)
+            name, sub = _most_macs(pruner, lm, keep, scores, min_keep, tol)
+            winners[id(sub)] = name
+            return sub, abs(lm.estimate(sub) / lm.dense_s / keep - 1)
         return pruner.sampler.for_macs(keep, scores, lm.estimate,
                                        lm.dense_s, mode, tol)
 
@@ -553,6 +557,8 @@ def sample_subnet_for_latency(pruner, ratio: float | None = None,
         'macs_ratio': pruner.estimate_flops(best) / pruner.original_flops,
         'table': lm.table.path, 'table_from_cache': lm.table.from_cache,
         'calibrated': bool(hist)}
+    if id(best) in winners:
+        report['candidate'] = winners[id(best)]
     if hist:  # the subnet measured closest to the target won
         report.update(calibration=hist, measured_ratio=min(
             (h['measured_ratio'] for h in hist), key=lambda m: abs(m - ratio)))
@@ -561,6 +567,33 @@ def sample_subnet_for_latency(pruner, ratio: float | None = None,
                   f'ratio {est / lm.dense_s:.4f} for target {ratio:.4f}',
                   logger='current', level=30)
     return best, report
+
+
+def _most_macs(pruner, lm, keep, scores, min_keep, tol):
+    """``'efficient'`` widths: ``(name, subnet)`` of the candidate that
+    keeps the most MACs among those whose estimate fits ``keep`` (within
+    ``tol``) and no space below ``min_keep`` (else the closest): the greedy,
+    the greedy with every space kept at least half, and uniform bisection.
+    The greedy's step-by-step choice can end far from its own objective when
+    the spaces' savings per MAC nearly tie: on ResNet-56 (2 threads, a
+    fresh table) it kept 0.22 of the MACs where uniform widths keep 0.31
+    for the same estimate."""
+    subs = {'greedy': lm.efficient_subnet(pruner.sampler, keep, scores,
+                                          min_keep)}
+    if min_keep < 0.5:
+        subs['greedy_half'] = lm.efficient_subnet(pruner.sampler, keep,
+                                                  scores, 0.5)
+    subs['uniform'] = pruner.sampler.for_macs(keep, scores, lm.estimate,
+                                              lm.dense_s, 'uniform', tol)[0]
+
+    def rank(item):
+        sub = item[1]
+        err = lm.estimate(sub) / lm.dense_s / keep - 1
+        floor = all(int(m.sum()) >= math.ceil(min_keep * m.numel())
+                    for m in sub.values())
+        fits = err <= tol and floor
+        return (fits, pruner.estimate_flops(sub) if fits else -abs(err))
+    return max(subs.items(), key=rank)
 
 
 def _calibrate(pruner, lm, ratio, first, choose, iters, ctol, repeats):
