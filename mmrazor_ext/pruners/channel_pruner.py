@@ -35,11 +35,8 @@ from mmrazor_ext.registry import METRICS, PRUNERS
 
 from . import subnet_io
 from .cost import SubnetCost
-from .latency_target import (
-    LatencyModel,
-    latency_model_of,
-    sample_subnet_for_latency,
-)
+from .latency_sampling import sample_subnet_for_latency
+from .latency_target import LatencyModel, latency_model_of
 from .reconstruction import reconstruct
 from .report import format_report, pinned_report
 from .sampling import SubnetSampler, check_divisor
@@ -295,7 +292,7 @@ class ChannelPruner:
                                   **options) -> dict[str, torch.Tensor]:
         """Like :meth:`sample_subnet_for_flops` on latency: keep ``ratio``
         of the dense latency or reach ``ms`` milliseconds per batch
-        (:func:`~.latency_target.sample_subnet_for_latency`). ``mode``:
+        (:func:`~.latency_sampling.sample_subnet_for_latency`). ``mode``:
         ``'efficient'`` (cut where the most table latency is saved per MAC
         lost, no space below ``min_keep``), ``'uniform'`` or ``'global'``.
         ``options`` also take ``calibrate`` (export and time the subnet

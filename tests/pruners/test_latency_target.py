@@ -210,7 +210,7 @@ def test_calibration_lands_closer_and_is_cached(resnet20, monkeypatch):
     not predict. Real timing on a loaded 2-core CI is too noisy
     for a test of the loop's logic (the real figures are in the benchmark:
     tools/benchmark/pruning_speed.py --latency-target)."""
-    import mmrazor_ext.pruners.latency_target as lt
+    import mmrazor_ext.pruners.latency_sampling as ls
     from mmrazor_ext.estimators import get_model_complexity
     model, pruner, scores, cache = resnet20
     cache = os.path.join(cache, 'calibration_test')
@@ -226,7 +226,7 @@ def test_calibration_lands_closer_and_is_cached(resnet20, monkeypatch):
                 for mod in (dense, small))
         return 1.0, (m / d) ** 0.4
 
-    monkeypatch.setattr(lt, 'measure_ratio', fake_measure)
+    monkeypatch.setattr(ls, 'measure_ratio', fake_measure)
     # a tiny tolerance: the loop always corrects (where the table lands
     # first depends on the timing it was built from)
     opts = dict(OPTS, cache_dir=cache, calibrate=True, calib_iters=4,
